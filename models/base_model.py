@@ -1,0 +1,248 @@
+"""The model contract shared by every model (pix2pix/CycleGAN convention, with CUT's compute-then-step split).
+
+A model declares ``loss_names`` (logged as ``loss_<name>``), ``visual_names`` (tensor attributes shown and saved),
+``model_names`` (networks ``net<name>``, saved as ``<epoch>_net_<name>.pth``) and ``optimizers``. Subclasses
+implement ``set_input``, ``forward``, ``compute_D_loss``/``compute_G_loss`` (return tensors, never step) and
+``optimize_parameters`` (the only place that steps).
+"""
+from __future__ import annotations
+
+import logging
+import random
+from collections import OrderedDict
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.networks import generator_stride
+from models.networks.schedulers import get_scheduler
+from models.tta import tta_apply, tta_modes_from_opt
+from util.checkpoint import load_checkpoint, load_network, save_checkpoint, save_network, unwrap
+from util.errors import CheckpointError, NonFiniteLossError
+
+log = logging.getLogger(__name__)
+
+
+class BaseModel:
+    """Abstract base of all models. ``opt`` is the parsed options namespace (see ``options/``)."""
+
+    model_name = "base"
+
+    @staticmethod
+    def modify_commandline_options(parser, is_train: bool):
+        """Add model-specific options and change defaults; returns ``parser``."""
+        return parser
+
+    def __init__(self, opt):
+        self.opt = opt
+        self.isTrain = opt.isTrain
+        self.device = getattr(opt, "device", torch.device("cpu"))
+        self.save_dir = Path(opt.checkpoints_dir) / opt.name
+        self.loss_names: list[str] = []
+        self.model_names: list[str] = []
+        self.visual_names: list[str] = []
+        self.optimizers: list[torch.optim.Optimizer] = []
+        self.schedulers: list = []
+        self.image_paths: list[str] = []
+        self.metric = 0.0  # used by the plateau policy
+        self.train_mode_inference = bool(getattr(opt, "train_mode_inference", False))
+
+    # ---- to implement -------------------------------------------------------------------------------------------
+    def set_input(self, data: dict) -> None:
+        raise NotImplementedError
+
+    def forward(self) -> None:
+        raise NotImplementedError
+
+    def optimize_parameters(self) -> None:
+        raise NotImplementedError
+
+    # ---- setup / modes ------------------------------------------------------------------------------------------
+    def networks(self) -> list[tuple[str, nn.Module]]:
+        return [(name, getattr(self, "net" + name)) for name in self.model_names]
+
+    def setup(self, opt) -> None:
+        """Create schedulers (training) and load networks (testing, or ``--continue_train``)."""
+        if self.isTrain:
+            self.schedulers = [get_scheduler(o, opt.lr_policy, opt.n_epochs, opt.n_epochs_decay, opt.epoch_count,
+                                             opt.lr_decay_iters) for o in self.optimizers]
+        if not self.isTrain or opt.continue_train:
+            suffix = f"iter_{opt.load_iter}" if getattr(opt, "load_iter", 0) > 0 else opt.epoch
+            self.load_networks(suffix)
+        self.print_networks(getattr(opt, "verbose", False))
+
+    def eval(self) -> None:
+        for _, net in self.networks():
+            net.eval()
+
+    def train(self) -> None:
+        for _, net in self.networks():
+            net.train()
+
+    def test(self) -> None:
+        """Forward pass without gradients (``torch.inference_mode``), then ``compute_visuals``."""
+        with torch.inference_mode():
+            self.forward()
+            self.compute_visuals()
+
+    def compute_visuals(self) -> None:
+        """Extra visuals for display (none by default)."""
+
+    def get_image_paths(self) -> list[str]:
+        return self.image_paths
+
+    # ---- padding for full-resolution inference ------------------------------------------------------------------
+    def generator_stride(self) -> int:
+        return generator_stride(self.opt.netG)
+
+    def run_generator(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        """Apply ``net`` to ``x`` ``(N, C, H, W)``; when H or W is not a multiple of the generator's stride (test
+        time, ``--preprocess none``), pad (reflect, or replicate where reflect is impossible) to the next multiple and
+        crop the output back, never resampling."""
+        modes = tta_modes_from_opt(self.opt) if not self.isTrain else None
+        if modes:
+            return tta_apply(lambda v: self._run_padded(net, v), x, modes)
+        return self._run_padded(net, x)
+
+    def _run_padded(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        s = self.generator_stride()
+        h, w = x.shape[-2:]
+        ph, pw = (-h) % s, (-w) % s
+        if ph == 0 and pw == 0:
+            return net(x)
+        mode = "reflect" if (ph < h and pw < w) else "replicate"
+        y = net(F.pad(x, (0, pw, 0, ph), mode=mode))
+        return y[..., :h, :w]
+
+    # ---- learning rate ------------------------------------------------------------------------------------------
+    def update_learning_rate(self) -> float:
+        """Step every scheduler once (end of an epoch); returns the new learning rate of the first optimizer."""
+        old = self.optimizers[0].param_groups[0]["lr"]
+        for s in self.schedulers:
+            if isinstance(s, torch.optim.lr_scheduler.ReduceLROnPlateau):
+                s.step(self.metric)
+            else:
+                s.step()
+        lr = self.optimizers[0].param_groups[0]["lr"]
+        log.info("learning rate %.7f -> %.7f", old, lr)
+        return lr
+
+    def current_lr(self) -> float:
+        return self.optimizers[0].param_groups[0]["lr"]
+
+    # ---- visuals and losses -------------------------------------------------------------------------------------
+    def get_current_visuals(self) -> "OrderedDict[str, torch.Tensor]":
+        return OrderedDict((n, getattr(self, n)) for n in self.visual_names if isinstance(getattr(self, n, None), torch.Tensor))
+
+    def get_current_losses(self) -> "OrderedDict[str, float]":
+        """Current losses as Python floats (this synchronises with the device: call it at the print frequency)."""
+        out = OrderedDict()
+        for n in self.loss_names:
+            v = getattr(self, "loss_" + n, None)
+            if v is not None:
+                out[n] = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+        return out
+
+    def check_finite(self, epoch: int, iteration: int) -> None:
+        """Raise :class:`NonFiniteLossError` naming the loss, epoch and iteration if any current loss is NaN/inf."""
+        for n in self.loss_names:
+            v = getattr(self, "loss_" + n, None)
+            if isinstance(v, torch.Tensor) and not bool(torch.isfinite(v.detach()).all()):
+                raise NonFiniteLossError(
+                    f"loss {n} = {float(v.detach())} at epoch {epoch}, iteration {iteration} (images seen); training "
+                    "stopped and no checkpoint was written for this state. Lower --lr or check the input data.")
+
+    # ---- saving and loading -------------------------------------------------------------------------------------
+    def save_networks(self, label) -> None:
+        """Save every network to ``<save_dir>/<label>_net_<name>.pth`` (atomic, classic key layout, CPU tensors)."""
+        for name, net in self.networks():
+            save_network(net, self.save_dir / f"{label}_net_{name}.pth")
+
+    def load_networks(self, label) -> None:
+        """Load ``<save_dir>/<label>_net_<name>.pth`` into each network (in training only those with an optimizer
+        are required: discriminators are loaded when present)."""
+        for name, net in self.networks():
+            path = self.save_dir / f"{label}_net_{name}.pth"
+            load_network(net, path, map_location=self.device)
+
+    def training_state(self, epoch: int, total_iters: int) -> dict:
+        """Everything besides the weights that an exact resume needs: epoch, iteration, optimizers, schedulers and
+        the python / numpy / torch random states (checkpoint-safe types only, loadable with ``weights_only``)."""
+        np_state = np.random.get_state()
+        state = {
+            "epoch": int(epoch),
+            "total_iters": int(total_iters),
+            "optimizers": [o.state_dict() for o in self.optimizers],
+            "schedulers": [{k: v for k, v in s.state_dict().items() if k != "lr_lambdas"} for s in self.schedulers],
+            "rng_torch": torch.get_rng_state(),
+            "rng_numpy": {"key": np_state[0], "state": torch.from_numpy(np_state[1].astype(np.int64)),
+                          "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
+            "rng_python": _py_state_to_tensor(random.getstate()),
+        }
+        if torch.cuda.is_available():
+            state["rng_cuda"] = torch.cuda.get_rng_state_all()
+        state.update(self.extra_state())
+        return state
+
+    def extra_state(self) -> dict:
+        """Model-specific resume state (e.g. CycleGAN image pools); checkpoint-safe types only."""
+        return {}
+
+    def load_extra_state(self, state: dict) -> None:
+        pass
+
+    def save_training_state(self, label, epoch: int, total_iters: int, extra: Optional[dict] = None) -> Path:
+        state = self.training_state(epoch, total_iters)
+        if extra:
+            state.update(extra)
+        return save_checkpoint(state, self.save_dir / f"{label}_state.pth")
+
+    def load_training_state(self, label) -> dict:
+        """Restore optimizers, schedulers and random states saved by :meth:`save_training_state`; returns the state
+        (its ``epoch`` is the last completed epoch, ``total_iters`` the images seen)."""
+        path = self.save_dir / f"{label}_state.pth"
+        state = load_checkpoint(path, map_location="cpu")
+        if len(state.get("optimizers", [])) != len(self.optimizers):
+            raise CheckpointError(f"'{path}' holds {len(state.get('optimizers', []))} optimizer states, this model has "
+                                  f"{len(self.optimizers)}: was it written by another --model?")
+        for o, sd in zip(self.optimizers, state["optimizers"]):
+            o.load_state_dict(sd)
+        for s, sd in zip(self.schedulers, state["schedulers"]):
+            cur = s.state_dict()
+            cur.update({k: v for k, v in sd.items() if k in cur and k != "lr_lambdas"})
+            s.load_state_dict(cur)
+        torch.set_rng_state(state["rng_torch"])
+        n = state["rng_numpy"]
+        np.random.set_state((n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+        random.setstate(_py_state_from_tensor(state["rng_python"]))
+        if "rng_cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.load_extra_state(state)
+        return state
+
+    def print_networks(self, verbose: bool = False) -> None:
+        for name, net in self.networks():
+            n = sum(p.numel() for p in unwrap(net).parameters())
+            if verbose:
+                log.info("%s", unwrap(net))
+            log.info("[Network %s] Total number of parameters : %.3f M", name, n / 1e6)
+
+    def set_requires_grad(self, nets, requires_grad: bool = False) -> None:
+        for net in nets if isinstance(nets, (list, tuple)) else [nets]:
+            if net is not None:
+                for p in net.parameters():
+                    p.requires_grad = requires_grad
+
+
+def _py_state_to_tensor(state) -> dict:
+    version, internal, gauss = state
+    return {"version": int(version), "internal": torch.tensor(internal, dtype=torch.int64),
+            "gauss": None if gauss is None else float(gauss)}
+
+
+def _py_state_from_tensor(d: dict):
+    return (d["version"], tuple(int(v) for v in d["internal"].tolist()), d["gauss"])

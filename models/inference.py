@@ -1,0 +1,54 @@
+"""Load a trained generator from an experiment folder, for test-time use outside the training code (slides, tools)."""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+from typing import Union
+
+import torch
+from torch import nn
+
+from models.networks import define_G
+from options import load_train_options
+from util.checkpoint import load_network
+from util.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+
+def generator_file(train_opt: dict, exp_dir: Path, epoch: str) -> Path:
+    """``<epoch>_net_G.pth`` (``_net_G_A.pth`` for CycleGAN, which translates A -> B with G_A)."""
+    name = "G_A" if train_opt.get("model") == "cycle_gan" else "G"
+    return exp_dir / f"{epoch}_net_{name}.pth"
+
+
+def build_generator(train_opt: Union[dict, argparse.Namespace], device="cpu") -> nn.Module:
+    """Build (untrained) the generator described by a run's saved options."""
+    o = train_opt if isinstance(train_opt, dict) else vars(train_opt)
+    extra = {k: o[k] for k in ("n_downsample_global", "n_blocks_global", "n_local_enhancers", "n_blocks_local")
+             if k in o}
+    return define_G(o["input_nc"], o["output_nc"], o["ngf"], o["netG"], o["norm"], not o.get("no_dropout", False),
+                    o.get("init_type", "normal"), o.get("init_gain", 0.02), device=torch.device(device), **extra)
+
+
+def load_generator(checkpoints_dir: Union[str, Path], name: str, epoch: str = "latest",
+                   device: Union[str, torch.device] = "cpu") -> tuple[nn.Module, dict]:
+    """Rebuild the generator of run ``name`` from ``<checkpoints_dir>/<name>/train_opt.json`` and load its weights.
+
+    Returns ``(netG, train_opt)``; ``netG`` is in eval mode on ``device`` and maps ``(N, input_nc, H, W)`` in [-1, 1] to
+    ``(N, output_nc, H, W)`` in [-1, 1] (H, W multiples of :func:`models.networks.generator_stride`).
+
+    Raises:
+        OptionError: no saved options for ``name``; CheckpointError: missing or mismatched weights.
+    """
+    exp = Path(checkpoints_dir) / name
+    train_opt = load_train_options(checkpoints_dir, name)
+    path = generator_file(train_opt, exp, str(epoch))
+    if not path.is_file():
+        have = sorted(p.name for p in exp.glob("*_net_G*.pth"))
+        raise CheckpointError(f"no generator checkpoint '{path}' (--epoch {epoch}); available: {have or 'none'}")
+    net = build_generator(train_opt, device)
+    load_network(net, path, map_location=device)
+    net.eval()
+    return net, train_opt

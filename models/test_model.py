@@ -1,0 +1,41 @@
+"""``--model test``: apply a trained generator to inputs only (``--dataset_mode single``), e.g. H&E without IHC."""
+from __future__ import annotations
+
+from models import register
+from models.base_model import BaseModel
+from models.networks import define_G
+
+
+@register("test")
+class TestModel(BaseModel):
+    """Loads ``<epoch>_net_G.pth`` (or ``net_G<model_suffix>``) and produces ``fake`` from ``real``. Test only."""
+
+    @staticmethod
+    def modify_commandline_options(parser, is_train: bool = False):
+        if is_train:
+            from util.errors import OptionError
+
+            raise OptionError("--model test is for test.py only; train with --model pix2pix or pyramidpix2pix")
+        parser.set_defaults(dataset_mode="single")
+        parser.add_argument("--model_suffix", default="",
+                            help="load <epoch>_net_G<suffix>.pth, e.g. _A for a CycleGAN generator G_A")
+        return parser
+
+    def __init__(self, opt):
+        super().__init__(opt)
+        self.loss_names = []
+        self.visual_names = ["real_A", "fake_B"]
+        self.model_names = ["G" + opt.model_suffix]
+        net = define_G(opt.input_nc, opt.output_nc, opt.ngf, opt.netG, opt.norm, not opt.no_dropout,
+                       opt.init_type, opt.init_gain, device=self.device)
+        setattr(self, "netG" + opt.model_suffix, net)
+
+    def set_input(self, data: dict) -> None:
+        self.real_A = data["A"].to(self.device)
+        self.image_paths = data["A_paths"]
+
+    def forward(self) -> None:
+        self.fake_B = self.run_generator(getattr(self, "netG" + self.opt.model_suffix), self.real_A)
+
+    def optimize_parameters(self) -> None:
+        raise RuntimeError("the test model is not trainable")

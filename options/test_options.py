@@ -1,0 +1,21 @@
+"""Test options (pix2pix names; full resolution and eval mode by default)."""
+from __future__ import annotations
+
+import argparse
+
+
+def add_test_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    g = parser.add_argument_group("testing")
+    g.add_argument("--results_dir", default="./results", help="results are saved here")
+    g.add_argument("--aspect_ratio", type=float, default=1.0, help="aspect ratio of result images in the HTML page")
+    g.add_argument("--phase", default="test", help="train, val, test, etc")
+    g.add_argument("--num_test", type=int, default=None,
+                   help="cap on the number of test images (default: every image of the phase; the log says 'N of M')")
+    g.add_argument("--train_mode_inference", action="store_true",
+                   help="run G in train mode (batch statistics, dropout) as the released pix2pix test.py does without "
+                        "--eval; default: eval mode")
+    g.add_argument("--eval", action="store_true", help="kept for compatibility: eval mode is already the default")
+    from models.tta import add_tta_options
+
+    add_tta_options(g)
+    return parser

@@ -1,0 +1,40 @@
+"""Training options (pix2pix names and defaults)."""
+from __future__ import annotations
+
+import argparse
+
+LR_POLICIES = ("linear", "step", "plateau", "cosine")
+GAN_MODES = ("vanilla", "lsgan", "wgangp")
+
+
+def add_train_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    g = parser.add_argument_group("visualization")
+    g.add_argument("--display_freq", type=int, default=400, help="frequency (iterations) of showing results on visdom/HTML")
+    g.add_argument("--display_ncols", type=int, default=4, help="images per row in visdom")
+    g.add_argument("--display_id", type=int, default=0,
+                   help="visdom window id; 0 = no visdom (no network call at all); > 0 sends to --display_server")
+    g.add_argument("--display_server", default="http://localhost", help="visdom server of the web display")
+    g.add_argument("--display_env", default="main", help="visdom display environment name")
+    g.add_argument("--display_port", type=int, default=8097, help="visdom port")
+    g.add_argument("--update_html_freq", type=int, default=1000, help="frequency (iterations) of saving results to HTML")
+    g.add_argument("--print_freq", type=int, default=100, help="frequency (iterations) of printing losses")
+    g.add_argument("--no_html", action="store_true", help="do not save results to <checkpoints_dir>/<name>/web/")
+    g = parser.add_argument_group("saving")
+    g.add_argument("--save_latest_freq", type=int, default=5000, help="frequency (iterations) of saving the latest results")
+    g.add_argument("--save_epoch_freq", type=int, default=5, help="frequency (epochs) of saving checkpoints")
+    g.add_argument("--save_by_iter", action="store_true", help="also save the iteration-numbered model")
+    g.add_argument("--continue_train", action="store_true",
+                   help="resume from <epoch>_state.pth: epoch, iteration, optimizers, schedulers and RNG states")
+    g.add_argument("--epoch_count", type=int, default=1, help="starting epoch when not resuming")
+    g.add_argument("--phase", default="train", help="train, val, test, etc")
+    g = parser.add_argument_group("training")
+    g.add_argument("--n_epochs", type=int, default=100, help="# epochs at the starting learning rate")
+    g.add_argument("--n_epochs_decay", type=int, default=100, help="# epochs to decay the learning rate linearly to zero")
+    g.add_argument("--beta1", type=float, default=0.5, help="momentum term of adam")
+    g.add_argument("--lr", type=float, default=0.0002, help="initial learning rate for adam")
+    g.add_argument("--gan_mode", default="lsgan", choices=GAN_MODES,
+                   help="GAN objective: vanilla = cross-entropy (original pix2pix), lsgan = least squares, wgangp")
+    g.add_argument("--pool_size", type=int, default=50, help="size of the image buffer of previously generated images")
+    g.add_argument("--lr_policy", default="linear", choices=LR_POLICIES, help="learning rate policy")
+    g.add_argument("--lr_decay_iters", type=int, default=50, help="multiply by a gamma every lr_decay_iters epochs (step)")
+    return parser

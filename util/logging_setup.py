@@ -1,0 +1,44 @@
+"""Logging configuration for the command-line entry points (library modules only call ``logging.getLogger``)."""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+
+def setup_logging(verbose: bool = False, log_file: Optional[Path] = None) -> None:
+    """Log INFO (DEBUG with ``verbose``) to stderr in a short format, and optionally to ``log_file`` too.
+
+    Re-running it (tests call ``main`` many times) replaces the handlers instead of stacking them.
+    """
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_virtual_ihc", False):
+            root.removeHandler(h)
+            h.close()
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    handlers = [logging.StreamHandler(sys.stderr)]
+    if log_file is not None:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(log_file, encoding="utf-8"))
+    for h in handlers:
+        h.setFormatter(fmt)
+        h._virtual_ihc = True
+        root.addHandler(h)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+def run_cli(main_body, argv) -> int:
+    """Run ``main_body(argv)``; turn the project's user errors into one stderr line and exit status 2."""
+    from util.errors import UserError
+
+    try:
+        return int(main_body(argv) or 0)
+    except UserError as e:
+        logging.getLogger("cli").debug("user error", exc_info=True)
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
