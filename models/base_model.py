@@ -215,6 +215,12 @@ class BaseModel:
             cur = s.state_dict()
             cur.update({k: v for k, v in sd.items() if k in cur and k != "lr_lambdas"})
             s.load_state_dict(cur)
+            if isinstance(s, torch.optim.lr_scheduler.LambdaLR):
+                # the schedule comes from this run's options (e.g. a longer --n_epochs_decay), the position from the
+                # checkpoint: recompute the rate of the next epoch instead of keeping the saved one
+                for group, base, fn in zip(s.optimizer.param_groups, s.base_lrs, s.lr_lambdas):
+                    group["lr"] = base * fn(s.last_epoch)
+                s._last_lr = [g["lr"] for g in s.optimizer.param_groups]
         torch.set_rng_state(state["rng_torch"])
         n = state["rng_numpy"]
         np.random.set_state((n["key"], n["state"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))

@@ -7,6 +7,21 @@ from pathlib import Path
 from typing import Optional
 
 
+class _CurrentStderrHandler(logging.StreamHandler):
+    """A stream handler writing to whatever ``sys.stderr`` is at emit time (robust to redirection and capture)."""
+
+    def __init__(self):
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):
+        pass
+
+
 def setup_logging(verbose: bool = False, log_file: Optional[Path] = None) -> None:
     """Log INFO (DEBUG with ``verbose``) to stderr in a short format, and optionally to ``log_file`` too.
 
@@ -18,7 +33,7 @@ def setup_logging(verbose: bool = False, log_file: Optional[Path] = None) -> Non
             root.removeHandler(h)
             h.close()
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    handlers = [logging.StreamHandler(sys.stderr)]
+    handlers: list[logging.Handler] = [_CurrentStderrHandler()]
     if log_file is not None:
         Path(log_file).parent.mkdir(parents=True, exist_ok=True)
         handlers.append(logging.FileHandler(log_file, encoding="utf-8"))

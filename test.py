@@ -1,0 +1,101 @@
+"""Apply a trained model to a dataset phase and write result images plus an HTML page.
+
+    python test.py --dataroot ./datasets/BCI --name bci_pyramid --model pyramidpix2pix
+    python test.py --dataroot ./my_he_tiles --name bci_pyramid --model test --dataset_mode single
+
+Writes ``<results_dir>/<name>/<phase>_<epoch>/images/<stem>_{real_A,fake_B,real_B}.png`` (lossless, the input's
+pixel size) and ``index.html`` with one row per image. The networks are rebuilt from the run's saved training options.
+"""
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from tqdm import tqdm
+
+log = logging.getLogger("test")
+
+
+def _test(argv: Optional[Sequence[str]]) -> int:
+    import data
+    import models
+    import options
+    from util.html import HTMLPage
+    from util.image_io import save_png, tensor_to_uint8
+    from util.logging_setup import setup_logging
+
+    opt = options.parse_test(argv)
+    setup_logging(opt.verbose)
+    train_opt = options.load_train_options(opt.checkpoints_dir, opt.name)
+    options.apply_train_options(opt, train_opt)
+    explicit = set(opt.explicit)
+    if "preprocess" not in explicit:
+        opt.preprocess = "none"  # native resolution unless asked
+    opt.num_threads = min(opt.num_threads, 2)
+    opt.batch_size = 1 if "batch_size" not in explicit else opt.batch_size
+    opt.serial_batches = True
+    opt.no_flip = True
+    if opt.model == "test" and "dataset_mode" not in explicit:
+        opt.dataset_mode = "single"
+    options.seed_everything(opt.seed if opt.seed is not None else 0)
+
+    dataset = data.create_dataset(opt)
+    total = len(dataset)
+    n = total if opt.num_test is None else min(opt.num_test, total)
+    if opt.num_test is not None and opt.num_test < 1:
+        from util.errors import OptionError
+
+        raise OptionError(f"--num_test must be >= 1, got {opt.num_test}")
+    loader = data.create_dataloader(opt, dataset, shuffle=False)
+    model = models.create_model(opt)
+    model.setup(opt)
+    if opt.train_mode_inference:
+        model.train()
+        log.info("generator in train mode (--train_mode_inference): batch statistics and dropout as the released code")
+    else:
+        model.eval()
+    out_dir = Path(opt.results_dir) / opt.name / f"{opt.phase}_{opt.epoch}"
+    img_dir = out_dir / "images"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    log.info("testing %d of %d images of '%s' (phase %s) with %s epoch %s -> %s", n, total, opt.dataroot,
+             opt.phase, opt.name, opt.epoch, out_dir)
+    page = HTMLPage(out_dir, f"{opt.name}: {opt.phase}, epoch {opt.epoch}")
+    done = 0
+    with tqdm(total=n, desc="test", unit="img", disable=None) as bar:
+        for batch in loader:
+            if done >= n:
+                break
+            model.set_input(batch)
+            model.test()
+            visuals = model.get_current_visuals()
+            paths = model.get_image_paths()
+            for b in range(len(paths)):
+                if done >= n:
+                    break
+                stem = Path(paths[b]).stem
+                names, labels = [], []
+                for label, t in visuals.items():
+                    fname = f"{stem}_{label}.png"
+                    save_png(tensor_to_uint8(t[b]), img_dir / fname)
+                    names.append(f"images/{fname}")
+                    labels.append(f"{stem} {label}")
+                page.add_header(stem)
+                page.add_images(names, labels, names, width=opt.display_winsize)
+                done += 1
+                bar.update(1)
+    page.save()
+    log.info("wrote %d of %d results to %s; open %s", done, total, img_dir, out_dir / "index.html")
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point. ``argv`` defaults to ``sys.argv[1:]``; returns the exit status (2 on bad input)."""
+    from util.logging_setup import run_cli
+
+    return run_cli(_test, sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

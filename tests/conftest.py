@@ -1,0 +1,38 @@
+"""Shared fixtures: a tiny BCI-layout dataset derived from the embedded real IHC image, and tiny training options."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(2)
+
+# tiny, fast networks for CPU tests (the real defaults are exercised by the layout tests and benchmarks)
+TINY = ["--ngf", "8", "--ndf", "8", "--num_threads", "0", "--gpu_ids", "-1", "--display_id", "0"]
+
+
+@pytest.fixture(scope="session")
+def sample_bci(tmp_path_factory) -> Path:
+    """A BCI-layout dataset (HE/{train,test}, IHC/{train,test}) of 64x64 derived pairs: 6 train, 3 test."""
+    from scripts import make_sample_dataset
+
+    out = tmp_path_factory.mktemp("sample") / "bci"
+    assert make_sample_dataset.main(["--out", str(out), "--tile_size", "64", "--n_train", "6", "--n_test", "3",
+                                     "--seed", "1"]) == 0
+    return out
+
+
+@pytest.fixture
+def bci_copy(sample_bci, tmp_path) -> Path:
+    """A private copy of the sample dataset that a test may damage."""
+    dst = tmp_path / "bci"
+    shutil.copytree(sample_bci, dst)
+    return dst
+
+
+def train_args(dataroot, ckpt, name="run", model="pix2pix", extra=()):
+    return ["--dataroot", str(dataroot), "--checkpoints_dir", str(ckpt), "--name", name, "--model", model,
+            "--n_epochs", "1", "--n_epochs_decay", "0", "--seed", "0", "--print_freq", "2", "--display_freq", "2",
+            "--netG", "resnet_6blocks", "--preprocess", "none", *TINY, *extra]
