@@ -16,7 +16,7 @@ from models.networks import define_D, define_G
 @register("pix2pix")
 class Pix2PixModel(BaseModel):
     """Paired image-to-image translation. Inputs: ``A`` ``(N, input_nc, H, W)`` and ``B`` ``(N, output_nc, H, W)``
-    in [-1, 1]; ``--direction BtoA`` swaps them."""
+    in [-1, 1]; ``--direction BtoA`` is applied by the dataset (it delivers the IHC image as ``A``)."""
 
     @staticmethod
     def modify_commandline_options(parser, is_train: bool = True):
@@ -45,10 +45,10 @@ class Pix2PixModel(BaseModel):
 
     def set_input(self, data: dict) -> None:
         """Unpack a batch from the data loader (``A``, ``B``, ``A_paths``, ``B_paths``; ``her2`` kept as metadata)."""
-        a_to_b = self.opt.direction == "AtoB"
-        self.real_A = data["A" if a_to_b else "B"].to(self.device, non_blocking=True)
-        self.real_B = data["B" if a_to_b else "A"].to(self.device, non_blocking=True)
-        self.image_paths = data["A_paths" if a_to_b else "B_paths"]
+        # the dataset has already applied --direction: A is always the network's input
+        self.real_A = data["A"].to(self.device, non_blocking=True)
+        self.real_B = data["B"].to(self.device, non_blocking=True)
+        self.image_paths = data["A_paths"]
         self.her2 = data.get("her2")
 
     def forward(self) -> None:
