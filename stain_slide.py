@@ -1,0 +1,160 @@
+"""Stain whole slides: H&E slide file(s) -> virtual IHC pyramidal BigTIFF(s), with thumbnails and an HTML page.
+
+Example::
+
+    python stain_slide.py --name bci_pyramidpix2pix --input slides/ --output stained/ --gpu_ids 0
+
+See docs/WSI.md for the options, the resolution rules, the output layout and measured speed/memory.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from util.errors import OptionError, UserError
+
+log = logging.getLogger("stain_slide")
+
+#: File suffixes picked up when --input is a folder.
+SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".mrxs", ".scn", ".bif", ".czi", ".svslide",
+                  ".dcm", ".png", ".jpg", ".jpeg")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description="H&E whole slide -> virtual IHC pyramidal BigTIFF (tiled, seamless).")
+    p.add_argument("--name", required=True, help="experiment whose generator to use (its train_opt.json rebuilds it)")
+    p.add_argument("--checkpoints_dir", default="./checkpoints", help="folder holding <name>/")
+    p.add_argument("--epoch", default="latest", help="which <epoch>_net_G.pth to load")
+    p.add_argument("--input", required=True, help="a slide file or a folder of them")
+    p.add_argument("--output", required=True,
+                   help="output .tif/.tiff (for one input file) or a folder (<stem>_ihc.tiff per slide)")
+    p.add_argument("--gpu_ids", default="-1", help="GPU id, e.g. 0; -1 for CPU (only the first id is used)")
+    p.add_argument("--batch_size", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--tile_size", type=int, default=512,
+                   help="network input tile, px; a multiple of the generator's stride (resnet 4, unet_256 256)")
+    p.add_argument("--overlap", type=int, default=64, help="overlap of neighbouring tiles, px (< tile_size/2)")
+    p.add_argument("--num_workers", type=int, default=2, help="DataLoader processes reading tiles")
+    p.add_argument("--target_mpp", "--mpp", dest="target_mpp", type=float, default=None,
+                   help="um/px the model was trained at (default: 'mpp' in train_opt.json, else 0.46 as BCI)")
+    p.add_argument("--slide_mpp", type=float, default=None,
+                   help="um/px of the slide's level 0, for files without (or with wrong) MPP metadata")
+    p.add_argument("--level", type=int, default=None,
+                   help="process this slide level as it is (no MPP matching, no resampling)")
+    p.add_argument("--no_tissue_mask", action="store_true", help="run the generator on background tiles too")
+    p.add_argument("--compression", default="jpeg", choices=("jpeg", "deflate", "none"),
+                   help="TIFF tile compression: jpeg (quality 90) or lossless deflate")
+    p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="autocast on GPU: auto = bf16 where supported, else fp16; CPU always fp32")
+    p.add_argument("--tmp_dir", default=None, help="folder for temporaries (default: beside the output)")
+    p.add_argument("--no_progress", action="store_true", help="no progress bar")
+    try:
+        from models.tta import add_tta_options
+    except ImportError:  # pragma: no cover - models.tta is part of the project
+        pass
+    else:
+        add_tta_options(p)
+    return p
+
+
+def list_inputs(path: Path) -> List[Path]:
+    """The slide files to process: ``path`` itself, or the slide files of a folder (sorted).
+
+    Raises:
+        OptionError: ``path`` missing, or a folder without slide files. Files of other types in the folder are
+            listed in a warning (never skipped silently).
+    """
+    if path.is_file():
+        return [path]
+    if not path.exists():
+        raise OptionError(f"--input '{path}' does not exist")
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    slides = [p for p in files if p.suffix.lower() in SLIDE_SUFFIXES]
+    other = [p.name for p in files if p.suffix.lower() not in SLIDE_SUFFIXES]
+    if other:
+        log.warning("--input %s: ignoring %d file(s) that are not slides (%s): %s", path, len(other),
+                    "/".join(SLIDE_SUFFIXES), ", ".join(other[:10]) + (" ..." if len(other) > 10 else ""))
+    if not slides:
+        raise OptionError(f"--input folder '{path}' holds no slide files ({', '.join(SLIDE_SUFFIXES)})")
+    return slides
+
+
+def output_for(inputs: Sequence[Path], input_arg: Path, output: Path) -> List[Tuple[Path, Path]]:
+    """Pair each input with its output TIFF."""
+    is_file_out = output.suffix.lower() in (".tif", ".tiff")
+    if input_arg.is_dir() or len(inputs) > 1:
+        if is_file_out:
+            raise OptionError(f"--input '{input_arg}' is a folder, so --output must be a folder, not '{output}'")
+        return [(p, output / f"{p.stem}_ihc.tiff") for p in inputs]
+    if output.exists() and output.is_dir() or not is_file_out:
+        return [(inputs[0], output / f"{inputs[0].stem}_ihc.tiff")]
+    return [(inputs[0], output)]
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    opt = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return _run(opt)
+    except (UserError, OSError) as e:
+        print(f"stain_slide.py: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(opt: argparse.Namespace) -> int:
+    import torch
+
+    from models.inference import load_generator
+    from models.networks import generator_stride
+    from wsi.pipeline import DEFAULT_TARGET_MPP, StainSettings, plan_reading, validate_settings
+    from wsi.reader import open_slide
+
+    gpu = int(str(opt.gpu_ids).split(",")[0])
+    if gpu >= 0 and not torch.cuda.is_available():
+        raise OptionError(f"--gpu_ids {opt.gpu_ids}: CUDA is not available on this machine; use --gpu_ids -1")
+    device = f"cuda:{gpu}" if gpu >= 0 else "cpu"
+
+    inputs = list_inputs(Path(opt.input))
+    jobs = output_for(inputs, Path(opt.input), Path(opt.output))
+    netG, train_opt = load_generator(opt.checkpoints_dir, opt.name, opt.epoch, device=device)
+    if train_opt.get("input_nc", 3) != 3 or train_opt.get("output_nc", 3) != 3:
+        raise OptionError(f"--name {opt.name}: stain_slide needs an RGB->RGB generator, the run has input_nc "
+                          f"{train_opt.get('input_nc')} / output_nc {train_opt.get('output_nc')}")
+    target = opt.target_mpp or train_opt.get("mpp") or DEFAULT_TARGET_MPP
+    s = StainSettings(tile_size=opt.tile_size, overlap=opt.overlap, batch_size=opt.batch_size,
+                      num_workers=opt.num_workers, target_mpp=float(target), slide_mpp=opt.slide_mpp,
+                      level=opt.level, tissue_mask=not opt.no_tissue_mask, compression=opt.compression,
+                      stride_multiple=generator_stride(train_opt["netG"]), device=device, precision=opt.precision,
+                      progress=not opt.no_progress, tmp_dir=opt.tmp_dir,
+                      info={"model": f"{opt.name} ({train_opt.get('model')}, {train_opt['netG']}, epoch {opt.epoch})",
+                            "target MPP": str(target)})
+    validate_settings(s)
+    # check every input before writing anything
+    for src, _ in jobs:
+        with open_slide(src) as r:
+            plan_reading(r, s.target_mpp, s.slide_mpp, s.level)
+
+    generator = netG
+    modes = None
+    try:
+        from models.tta import TTAWrapper, tta_modes_from_opt
+    except ImportError:  # pragma: no cover
+        pass
+    else:
+        modes = tta_modes_from_opt(opt)
+        if modes:
+            generator = TTAWrapper(netG, modes)
+            s.info["TTA"] = ",".join(modes)
+
+    from wsi.pipeline import stain_slide
+
+    for src, dst in jobs:
+        summary = stain_slide(generator, src, dst, s)
+        log.info("%s -> %s: %s tiles in %.1f s", src, dst, summary["tiles_run"], summary["seconds"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
