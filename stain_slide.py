@@ -107,7 +107,7 @@ def _run(opt: argparse.Namespace) -> int:
     import torch
 
     from models.inference import load_generator
-    from models.networks import generator_stride
+    from models.networks import generator_extras, generator_stride
     from wsi.pipeline import DEFAULT_TARGET_MPP, StainSettings, plan_reading, validate_settings
     from wsi.reader import open_slide
 
@@ -126,7 +126,7 @@ def _run(opt: argparse.Namespace) -> int:
     s = StainSettings(tile_size=opt.tile_size, overlap=opt.overlap, batch_size=opt.batch_size,
                       num_workers=opt.num_workers, target_mpp=float(target), slide_mpp=opt.slide_mpp,
                       level=opt.level, tissue_mask=not opt.no_tissue_mask, compression=opt.compression,
-                      stride_multiple=generator_stride(train_opt["netG"]), device=device, precision=opt.precision,
+                      stride_multiple=generator_stride(train_opt["netG"], **generator_extras(train_opt)), device=device, precision=opt.precision,
                       progress=not opt.no_progress, tmp_dir=opt.tmp_dir,
                       info={"model": f"{opt.name} ({train_opt.get('model')}, {train_opt['netG']}, epoch {opt.epoch})",
                             "target MPP": str(target)})

@@ -9,7 +9,7 @@ from typing import Union
 import torch
 from torch import nn
 
-from models.networks import define_G
+from models.networks import define_G, generator_extras
 from options import load_train_options
 from util.checkpoint import load_network
 from util.errors import CheckpointError
@@ -26,8 +26,7 @@ def generator_file(train_opt: dict, exp_dir: Path, epoch: str) -> Path:
 def build_generator(train_opt: Union[dict, argparse.Namespace], device="cpu") -> nn.Module:
     """Build (untrained) the generator described by a run's saved options."""
     o = train_opt if isinstance(train_opt, dict) else vars(train_opt)
-    extra = {k: o[k] for k in ("n_downsample_global", "n_blocks_global", "n_local_enhancers", "n_blocks_local")
-             if k in o}
+    extra = generator_extras(o)
     return define_G(o["input_nc"], o["output_nc"], o["ngf"], o["netG"], o["norm"], not o.get("no_dropout", False),
                     o.get("init_type", "normal"), o.get("init_gain", 0.02), device=torch.device(device), **extra)
 

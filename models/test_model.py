@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from models import register
 from models.base_model import BaseModel
-from models.networks import define_G
+from models.networks import define_G, generator_extras
 
 
 @register("test")
@@ -15,7 +15,7 @@ class TestModel(BaseModel):
         if is_train:
             from util.errors import OptionError
 
-            raise OptionError("--model test is for test.py only; train with --model pix2pix or pyramidpix2pix")
+            raise OptionError("--model test is for test.py only; train with --model pix2pix, pyramidpix2pix, cycle_gan or pix2pixhd")
         parser.set_defaults(dataset_mode="single")
         parser.add_argument("--model_suffix", default="",
                             help="load <epoch>_net_G<suffix>.pth, e.g. _A for a CycleGAN generator G_A")
@@ -27,7 +27,7 @@ class TestModel(BaseModel):
         self.visual_names = ["real_A", "fake_B"]
         self.model_names = ["G" + opt.model_suffix]
         net = define_G(opt.input_nc, opt.output_nc, opt.ngf, opt.netG, opt.norm, not opt.no_dropout,
-                       opt.init_type, opt.init_gain, device=self.device)
+                       opt.init_type, opt.init_gain, device=self.device, **generator_extras(opt))
         setattr(self, "netG" + opt.model_suffix, net)
 
     def set_input(self, data: dict) -> None:

@@ -54,6 +54,17 @@ def _load_extensions() -> None:
                 raise
 
 
+#: option names that shape a generator beyond --netG/--ngf/--norm (pix2pixHD), passed to define_G as extras
+GENERATOR_EXTRAS = ("n_downsample_global", "n_blocks_global", "n_local_enhancers", "n_blocks_local")
+
+
+def generator_extras(opt) -> dict:
+    """The generator-structure options present in ``opt`` (a namespace or a dict), as ``define_G`` /
+    ``generator_stride`` keyword extras (empty for pix2pix/CycleGAN generators)."""
+    o = opt if isinstance(opt, dict) else vars(opt)
+    return {k: o[k] for k in GENERATOR_EXTRAS if k in o}
+
+
 def generator_stride(netG: str, **extra) -> int:
     """H and W of a generator's input must be multiples of this (resnet 4, unet_256 256, unet_128 128, ...)."""
     _load_extensions()
