@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 import numpy as np
-import torch
 from PIL import Image
 
 from util.fileio import atomic_path
+
+if TYPE_CHECKING:  # torch is imported lazily: image-reading worker processes (evaluate.py) do not need it
+    import torch
 
 PathLike = Union[str, os.PathLike]
 
@@ -35,6 +37,8 @@ def tensor_to_uint8(t: torch.Tensor) -> np.ndarray:
     Raises:
         ValueError: for other shapes.
     """
+    import torch
+
     if t.dim() == 4:
         if t.shape[0] != 1:
             raise ValueError(f"tensor_to_uint8 takes one image, got a batch of shape {tuple(t.shape)}")
@@ -48,6 +52,8 @@ def tensor_to_uint8(t: torch.Tensor) -> np.ndarray:
 
 def uint8_to_tensor(a: np.ndarray) -> torch.Tensor:
     """Inverse of :func:`tensor_to_uint8`: ``(H, W, C)`` or ``(H, W)`` uint8 -> ``(C, H, W)`` float32 in [-1, 1]."""
+    import torch
+
     if a.dtype != np.uint8:
         raise ValueError(f"expected uint8, got {a.dtype}")
     if a.ndim == 2:

@@ -1,0 +1,156 @@
+"""Score a results folder written by test.py: PSNR/SSIM (BCI protocol), per-HER2-level tables, DAB stain metrics,
+FID and KID.
+
+    python evaluate.py --result_path ./results/<name>                    # scores <name>/test_latest/images
+    python evaluate.py --result_path ./results/<name> --phase val --epoch 40
+    python evaluate.py --result_path ./results                           # every experiment holding test_latest
+
+Writes ``metrics.csv`` (per image), ``metrics.md`` and ``metrics.json`` into each ``<phase>_<epoch>/`` folder, and,
+for a results root with several experiments, ``metrics_<phase>_<epoch>.md/.json`` across them. Definitions, protocol
+and outputs: docs/EVALUATION.md. Exit status: 0 on success, 2 on a pairing/option/file error (one line on stderr).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+from metrics.pairing import PairingError, check_pairing, format_problems, pair_images, resolve_runs
+from metrics.report import fid_kid_text, summarize, write_comparison, write_run_reports
+from metrics.scoring import available_cores, score_pairs
+from metrics.stain import DAB_THRESHOLD_OD
+from util.errors import OptionError, UserError
+
+log = logging.getLogger("evaluate")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--result_path", required=True,
+                   help="results folder of one experiment (<results_dir>/<name>) or a root holding several")
+    p.add_argument("--phase", default="test", help="phase part of the <phase>_<epoch> folder")
+    p.add_argument("--epoch", default="latest", help="epoch part of the <phase>_<epoch> folder")
+    p.add_argument("--allow_partial", action="store_true",
+                   help="score the pairs that match and report how many were left out, instead of failing")
+    p.add_argument("--num_workers", type=int, default=0,
+                   help=f"processes for PSNR/SSIM/stain scoring; 0 = all available cores ({available_cores()} here)")
+    p.add_argument("--dab_threshold", type=float, default=DAB_THRESHOLD_OD,
+                   help="DAB optical density above which a pixel counts as DAB-positive")
+    p.add_argument("--no_fid", action="store_true", help="do not compute FID/KID")
+    p.add_argument("--inception_weights", default=None,
+                   help="FID Inception weights file pt_inception-2015-12-05-6726825d.pth "
+                        "(default: the torch hub cache; FID/KID are skipped when absent)")
+    p.add_argument("--fid_batch_size", type=int, default=50, help="images per Inception batch")
+    p.add_argument("--kid_subset_size", type=int, default=1000,
+                   help="KID subset size (reduced to the number of images when larger)")
+    p.add_argument("--kid_subsets", type=int, default=100, help="number of KID subsets")
+    p.add_argument("--device", default="auto", help="device for the Inception network: auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--no_progress", action="store_true", help="hide progress bars")
+    p.add_argument("--verbose", action="store_true", help="debug logging")
+    return p
+
+
+def _check_options(opt: argparse.Namespace) -> None:
+    if opt.num_workers < 0:
+        raise OptionError(f"--num_workers must be >= 0 (0 = all cores), got {opt.num_workers}")
+    if not (math.isfinite(opt.dab_threshold) and opt.dab_threshold >= 0):
+        raise OptionError(f"--dab_threshold must be a finite optical density >= 0, got {opt.dab_threshold}")
+    for name in ("fid_batch_size", "kid_subsets"):
+        if getattr(opt, name) < 1:
+            raise OptionError(f"--{name} must be >= 1, got {getattr(opt, name)}")
+    if opt.kid_subset_size < 2:
+        raise OptionError(f"--kid_subset_size must be >= 2, got {opt.kid_subset_size}")
+
+
+def _device(name: str) -> str:
+    if name != "auto":
+        return name
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _fid_kid(opt: argparse.Namespace, pairs) -> dict:
+    if opt.no_fid:
+        return {"status": "skipped", "reason": "--no_fid"}
+    from metrics.distribution import distribution_metrics
+
+    if len(pairs) < 2:
+        return {"status": "skipped", "reason": f"FID/KID need at least 2 images, have {len(pairs)}"}
+    return distribution_metrics([p.real for p in pairs], [p.fake for p in pairs], weights=opt.inception_weights,
+                                device=_device(opt.device), batch_size=opt.fid_batch_size,
+                                kid_subset_size=opt.kid_subset_size, kid_subsets=opt.kid_subsets,
+                                progress=not opt.no_progress)
+
+
+def run(opt: argparse.Namespace) -> List[dict]:
+    """Evaluate every selected run; returns their summaries. Raises UserError/OSError on bad input."""
+    _check_options(opt)
+    if opt.inception_weights is not None and not opt.no_fid:
+        from metrics.distribution import find_inception_weights
+
+        find_inception_weights(opt.inception_weights)  # fail before minutes of scoring
+    run_name = f"{opt.phase}_{opt.epoch}"
+    runs = resolve_runs(opt.result_path, opt.phase, opt.epoch)
+    pairings, errors = [], []
+    for exp, run_dir in runs:
+        pr = pair_images(run_dir / "images")
+        try:
+            check_pairing(pr, opt.allow_partial)
+        except PairingError as e:
+            errors.append(str(e))
+        pairings.append((exp, run_dir, pr))
+    if errors:
+        raise PairingError(" | ".join(errors))
+
+    summaries = []
+    for exp, run_dir, pr in pairings:
+        sizes = sorted({f"{h}x{w}" for h, w in (p.size for p in pr.pairs)})
+        print(f"{exp}/{run_name}: {len(pr.pairs)} image pair(s), resolution {', '.join(sizes)} (HxW)"
+              + (f"; {len(pr.problems)} problem(s), left out (--allow_partial)" if pr.problems else ""))
+        scores, failed = score_pairs(pr.pairs, opt.num_workers, opt.dab_threshold, progress=not opt.no_progress)
+        if failed and not opt.allow_partial:
+            raise PairingError(f"images folder '{pr.images_dir}': {len(failed)} pair(s) could not be scored: "
+                               f"{format_problems(failed)}. Pass --allow_partial to score the others")
+        if not scores:
+            raise PairingError(f"images folder '{pr.images_dir}': no pair could be scored: {format_problems(failed)}")
+        left_out = list(pr.problems) + failed
+        if failed:
+            print(f"{exp}/{run_name}: {len(failed)} more pair(s) left out (unreadable data)")
+        scored = {s.stem for s in scores}
+        fk = _fid_kid(opt, [p for p in pr.pairs if p.stem in scored])
+        summary = summarize(scores, exp, run_name, left_out, opt.dab_threshold, fk,
+                            extra={"images_dir": str(pr.images_dir), "allow_partial": bool(opt.allow_partial),
+                                   "n_other_files": pr.n_other_files})
+        paths = write_run_reports(run_dir, summary, scores)
+        psnr = "n/a" if summary["psnr"] is None else f"{summary['psnr']:.2f} dB"
+        inf = f" ({summary['psnr_n_infinite']} identical pair(s) excluded)" if summary["psnr_n_infinite"] else ""
+        print(f"{exp}/{run_name}: n={summary['n_images']}  PSNR {psnr}{inf}  SSIM {summary['ssim']:.4f}  "
+              f"left out {summary['n_left_out']}")
+        print(f"{exp}/{run_name}: {fid_kid_text(fk)}")
+        print(f"{exp}/{run_name}: wrote {', '.join(str(p) for p in paths)}")
+        summaries.append(summary)
+    if runs[0][1].parent.resolve() != Path(opt.result_path).resolve():  # a results root of experiments
+        out = write_comparison(Path(opt.result_path), summaries, run_name)
+        print(f"table across {len(summaries)} experiments: {out[0]}")
+    return summaries
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    opt = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if opt.verbose else logging.INFO,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run(opt)
+    except (UserError, OSError) as e:
+        print(f"evaluate.py: error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
