@@ -17,10 +17,15 @@ from util.errors import CheckpointError
 log = logging.getLogger(__name__)
 
 
+def generator_net_name(train_model: str) -> str:
+    """The network name of the A -> B generator of a run trained with ``--model train_model``: ``'G_A'`` for
+    CycleGAN (classic layout, ``<epoch>_net_G_A.pth``), ``'G'`` otherwise (``<epoch>_net_G.pth``)."""
+    return "G_A" if train_model == "cycle_gan" else "G"
+
+
 def generator_file(train_opt: dict, exp_dir: Path, epoch: str) -> Path:
     """``<epoch>_net_G.pth`` (``_net_G_A.pth`` for CycleGAN, which translates A -> B with G_A)."""
-    name = "G_A" if train_opt.get("model") == "cycle_gan" else "G"
-    return exp_dir / f"{epoch}_net_{name}.pth"
+    return exp_dir / f"{epoch}_net_{generator_net_name(train_opt.get('model'))}.pth"
 
 
 def build_generator(train_opt: Union[dict, argparse.Namespace], device="cpu") -> nn.Module:

@@ -7,7 +7,9 @@ dataset and write the table as markdown and CSV.
 Rows (paper names): pix2pix = ``L1``; pix2pix+S1 = ``L1_L2``; +S1+S2 = ``L1_L2_L3``; +S1+S2+S3 = ``L1_L2_L3_L4``.
 Every other option after ``--`` goes to train.py unchanged (e.g. ``-- --n_epochs 50 --n_epochs_decay 50``).
 Outputs ``<out>/ablation.md``, ``<out>/ablation.csv`` (written atomically) and one experiment per pattern named
-``<prefix>_<pattern>`` under ``--checkpoints_dir`` / ``--results_dir``.
+``<prefix>_<pattern>`` under ``--checkpoints_dir`` / ``--results_dir``. With ``--tta`` every pattern is also tested
+with test-time augmentation (``test.py --tta --tta_modes <--tta_modes>``, results under ``<results_dir>/tta/``, so the
+plain results are kept) and the table gains ``psnr_tta`` / ``ssim_tta`` (issue 9: figures with and without TTA).
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ PAPER_NAMES = {"L1": "pix2pix", "L1_L2": "pix2pix+S1", "L1_L2_L3": "pix2pix+S1+S
 SMOKE_TRAIN = ["--ngf", "8", "--ndf", "8", "--n_epochs", "1", "--n_epochs_decay", "1", "--netG", "resnet_6blocks",
                "--num_threads", "0", "--print_freq", "1000", "--display_freq", "1000", "--seed", "0"]
 COLUMNS = ["pattern", "method", "n_images", "psnr", "ssim", "iod_pearson_r", "iod_mae", "fid", "kid_x1e3"]
+TTA_COLUMNS = ["psnr_tta", "ssim_tta"]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,19 +44,63 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu_ids", default="-1")
     p.add_argument("--smoke", action="store_true", help="tiny networks, 2 epochs, on the embedded sample, CPU")
     p.add_argument("--no_fid", action="store_true", help="skip FID/KID in the evaluation")
+    p.add_argument("--tta", action="store_true",
+                   help="also test every pattern with test-time augmentation and add psnr_tta / ssim_tta columns")
+    p.add_argument("--tta_modes", default="all", help="views averaged with --tta (see test.py --tta_modes)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads (default: torch's choice; --smoke: 1, faster for tiny networks)")
     return p
 
 
-def run(args: argparse.Namespace, train_extra: Sequence[str]) -> list[dict]:
-    import evaluate
-    import test as test_script
-    import train
-    from models.pyramid import parse_pattern
+def _read_metrics(path: Path) -> dict:
+    """metrics.json written by evaluate.py; raises UserError naming the file when missing or unreadable."""
     from util.errors import UserError
 
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"evaluate.py wrote no metrics file '{path}'") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read metrics file '{path}': {e}") from e
+
+
+def _test_and_evaluate(name: str, common: list, results_dir: str, no_fid: bool, extra_test=(), extra_eval=()) -> dict:
+    """test.py then evaluate.py of experiment ``name`` into ``results_dir``; returns its metrics.json dict."""
+    import evaluate
+    import test as test_script
+    from util.errors import UserError
+
+    if test_script.main(common + ["--model", "pyramidpix2pix", "--results_dir", results_dir,
+                                  "--num_threads", "0"] + list(extra_test)) != 0:
+        raise UserError(f"testing {name} failed (see the messages above)")
+    ev = ["--result_path", str(Path(results_dir) / name), "--no_progress"]
+    if no_fid:
+        ev.append("--no_fid")
+    if evaluate.main(ev + list(extra_eval)) != 0:
+        raise UserError(f"evaluating {name} failed (see the messages above)")
+    return _read_metrics(Path(results_dir) / name / "test_latest" / "metrics.json")
+
+
+def run(args: argparse.Namespace, train_extra: Sequence[str]) -> list[dict]:
+    import train
+    from models.pyramid import parse_pattern
+    from models.tta import parse_tta_modes
+    from util.errors import OptionError, UserError
+
     patterns = [p.strip() for p in args.patterns.split(",") if p.strip()]
+    if not patterns:
+        raise OptionError("--patterns is empty; give e.g. L1,L1_L2,L1_L2_L3,L1_L2_L3_L4")
     for p in patterns:
         parse_pattern(p)  # fail before any training
+    if args.tta:
+        parse_tta_modes(args.tta_modes)
+    threads = 1 if args.smoke and args.threads is None else args.threads
+    if threads is not None:
+        if threads < 1:
+            raise OptionError(f"--threads must be >= 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
     dataroot = args.dataroot
     if dataroot is None:
         if not args.smoke:
@@ -72,17 +119,20 @@ def run(args: argparse.Namespace, train_extra: Sequence[str]) -> list[dict]:
         extra = (SMOKE_TRAIN if args.smoke else []) + list(train_extra)
         if train.main(common + ["--model", "pyramidpix2pix", "--pattern", pattern] + extra) != 0:
             raise UserError(f"training {name} failed (see the messages above)")
-        if test_script.main(common + ["--model", "pyramidpix2pix", "--results_dir", args.results_dir,
-                                      "--num_threads", "0"]) != 0:
-            raise UserError(f"testing {name} failed")
-        ev = ["--result_path", str(Path(args.results_dir) / name), "--no_progress"]
-        if args.no_fid or args.smoke:
-            ev.append("--no_fid")
-        if evaluate.main(ev) != 0:
-            raise UserError(f"evaluating {name} failed")
-        m = json.loads((Path(args.results_dir) / name / "test_latest" / "metrics.json").read_text())
-        rows.append({"pattern": pattern, "method": PAPER_NAMES.get(pattern, pattern), **{k: m.get(k) for k in COLUMNS[2:]}})
+        no_fid = args.no_fid or args.smoke
+        extra_eval = ["--num_workers", "1"] if args.smoke else []  # a process pool costs more than a few tiles
+        m = _test_and_evaluate(name, common, args.results_dir, no_fid, extra_eval=extra_eval)
+        row = {"pattern": pattern, "method": PAPER_NAMES.get(pattern, pattern), **{k: m.get(k) for k in COLUMNS[2:]}}
+        if args.tta:
+            mt = _test_and_evaluate(name, common, str(Path(args.results_dir) / "tta"), True,
+                                    ["--tta", "--tta_modes", args.tta_modes], extra_eval)
+            row.update(psnr_tta=mt.get("psnr"), ssim_tta=mt.get("ssim"))
+        rows.append(row)
     return rows
+
+
+def _columns(rows: list[dict]) -> list[str]:
+    return COLUMNS + (TTA_COLUMNS if any(c in r for r in rows for c in TTA_COLUMNS) else [])
 
 
 def to_markdown(rows: list[dict]) -> str:
@@ -91,14 +141,15 @@ def to_markdown(rows: list[dict]) -> str:
             return "n/a"
         return f"{v:.4f}" if isinstance(v, float) else str(v)
 
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(fmt(r.get(c)) for c in COLUMNS) + " |" for r in rows]
+    cols = _columns(rows)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(fmt(r.get(c)) for c in cols) + " |" for r in rows]
     return "\n".join(lines) + "\n"
 
 
 def to_csv(rows: list[dict]) -> str:
     buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w = csv.DictWriter(buf, fieldnames=_columns(rows), extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     w.writerows(rows)
     return buf.getvalue()

@@ -44,7 +44,7 @@ class Method:
     label: str
     train: Tuple[str, ...]
     smoke_train: Tuple[str, ...]
-    #: published (PSNR dB, SSIM) from the BCI paper's Table 1, only where verified (see docs/BASELINES.md)
+    #: published (PSNR dB, SSIM) from the BCI paper's Table 1 (see :data:`PAPER_SOURCE` and docs/BASELINES.md)
     paper: Optional[Tuple[float, float]] = None
     test: Tuple[str, ...] = field(default_factory=tuple)
 
@@ -56,15 +56,15 @@ SMOKE_COMMON = ("--ngf", "8", "--ndf", "8", "--n_epochs", "1", "--n_epochs_decay
 
 METHODS: Dict[str, Method] = {m.key: m for m in (
     Method("cyclegan", "cycleGAN", ("--model", "cycle_gan", "--preprocess", "crop", "--crop_size", "512"),
-           ("--model", "cycle_gan")),
+           ("--model", "cycle_gan"), paper=(16.203, 0.373)),
     Method("pix2pix_unet", "pix2pix (U-Net 256)", ("--model", "pix2pix", "--netG", "unet_256", "--preprocess", "none"),
            ("--model", "pix2pix", "--netG", "unet_256", "--preprocess", "resize_and_crop", "--load_size", "256",
-            "--crop_size", "256")),
+            "--crop_size", "256"), paper=(18.654, 0.419)),
     Method("pix2pix_resnet", "pix2pix (ResNet 9 blocks)",
            ("--model", "pix2pix", "--netG", "resnet_9blocks", "--preprocess", "none"),
-           ("--model", "pix2pix", "--netG", "resnet_9blocks")),
+           ("--model", "pix2pix", "--netG", "resnet_9blocks"), paper=(19.328, 0.44)),
     Method("pix2pixhd", "pix2pixHD", ("--model", "pix2pixhd", "--preprocess", "none"),
-           ("--model", "pix2pixhd", "--no_vgg_loss")),
+           ("--model", "pix2pixhd", "--no_vgg_loss"), paper=(19.634, 0.471)),
     Method("pyramidpix2pix", "pyramid pix2pix", ("--model", "pyramidpix2pix", "--pattern", "L1_L2_L3_L4"),
            ("--model", "pyramidpix2pix", "--pattern", "L1_L2_L3_L4"), paper=(21.16, 0.477)),
 )}
@@ -82,6 +82,12 @@ METRIC_COLUMNS = (
     ("n_images", "n", "{:d}"),
 )
 PAPER_HEADER = "BCI paper Table 1 (PSNR dB / SSIM)"
+#: where the published figures come from (printed under the table)
+PAPER_SOURCE = ("Liu et al., \"BCI: Breast Cancer Immunohistochemical Image Generation through Pyramid Pix2pix\", "
+                "CVPR Workshops 2022 (arXiv:2204.11425), Table 1 \"Comparison of PSNR and SSIM values of different "
+                "methods on BCI dataset\"; figures as printed there (BCI test set), not re-computed")
+#: Pearson r over fewer images than this is always +-1 or undefined: the table leaves the cell empty
+MIN_IMAGES_FOR_R = 3
 
 
 class StepFailed(UserError):
@@ -223,7 +229,10 @@ def table_rows(results: List[Tuple[Method, dict]]) -> Tuple[List[str], List[List
     header = ["Method"] + [h for _, h, _ in METRIC_COLUMNS] + [PAPER_HEADER, "train s", "test s"]
     rows = []
     for method, m in results:
-        paper = f"{method.paper[0]:.2f} / {method.paper[1]:.3f}" if method.paper else ""
+        paper = f"{method.paper[0]:g} / {method.paper[1]:g}" if method.paper else ""
+        n = m.get("n_images")
+        if isinstance(n, int) and n < MIN_IMAGES_FOR_R:  # r of 2 points is +-1 whatever the images: not a result
+            m = dict(m, iod_pearson_r=None)
         rows.append([method.label] + [_fmt(m.get(k), spec) for k, _, spec in METRIC_COLUMNS]
                     + [paper, _fmt(m.get("train_s"), "{:.1f}"), _fmt(m.get("test_s"), "{:.1f}")])
     return header, rows
@@ -237,10 +246,9 @@ def to_markdown(results: List[Tuple[Method, dict]], dataroot: Path, smoke: bool)
                   "nothing about the methods.", ""]
     lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(c.replace("|", "\\|") for c in r) + " |" for r in rows]
-    lines += ["", f"PSNR/SSIM/stain metrics: evaluate.py (docs/EVALUATION.md); empty cell = not computed. "
-              f"\"{PAPER_HEADER}\": the figures published in the BCI paper (Liu et al., CVPR Workshops 2022), given "
-              "only where verified (pyramid pix2pix); the other published rows were not verified and are left blank. "
-              "Settings per row: docs/BASELINES.md.", ""]
+    lines += ["", f"PSNR/SSIM/stain metrics: evaluate.py (docs/EVALUATION.md); empty cell = not computed (IOD r also "
+              f"when fewer than {MIN_IMAGES_FOR_R} images). \"{PAPER_HEADER}\": published reference, not computed "
+              f"here: {PAPER_SOURCE}. Settings per row: docs/BASELINES.md.", ""]
     return "\n".join(lines)
 
 

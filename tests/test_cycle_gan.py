@@ -215,3 +215,12 @@ def test_train_test_evaluate_end_to_end(sample, tmp_path, capsys):
     assert evaluate.main(["--result_path", str(res / "cg"), "--no_fid", "--num_workers", "1", "--no_progress"]) == 0
     metrics = json.loads((res / "cg" / "test_latest" / "metrics.json").read_text())
     assert metrics["n_images"] == 2 and np.isfinite(metrics["psnr"])
+    # --model test on the same run (no --model_suffix): loads G_A of the cycle_gan run, same fake_B
+    assert test_cli.main(["--dataroot", str(sample), "--name", "cg", "--model", "test", "--checkpoints_dir",
+                          str(ck), "--results_dir", str(tmp_path / "res_t"), "--num_threads", "0"]) == 0
+    t_images = tmp_path / "res_t" / "cg" / "test_latest" / "images"
+    assert sorted(p.name for p in t_images.iterdir()) == sorted(f"{s}_{v}.png" for s in stems
+                                                                 for v in ("real_A", "fake_B"))
+    for s in stems:
+        np.testing.assert_array_equal(read_rgb_uint8(t_images / f"{s}_fake_B.png"),
+                                      read_rgb_uint8(images / f"{s}_fake_B.png"))

@@ -40,9 +40,11 @@ def test_methods_and_row_commands(tmp_path):
     assert "--no_vgg_loss" in hd
     unet, _, _ = table1.row_commands(table1.METHODS["pix2pix_unet"], args, Path("d"), tmp_path)
     assert "--netG unet_256" in " ".join(unet)
-    # only the verified published figures are given
-    assert table1.METHODS["pyramidpix2pix"].paper == (21.16, 0.477)
-    assert all(m.paper is None for k, m in table1.METHODS.items() if k != "pyramidpix2pix")
+    # the published figures, as printed in the BCI paper's Table 1 (Liu et al., CVPR-W 2022, arXiv:2204.11425)
+    published = {"cyclegan": (16.203, 0.373), "pix2pix_unet": (18.654, 0.419), "pix2pix_resnet": (19.328, 0.44),
+                 "pix2pixhd": (19.634, 0.471), "pyramidpix2pix": (21.16, 0.477)}
+    assert {k: m.paper for k, m in table1.METHODS.items()} == published
+    assert "arXiv:2204.11425" in table1.PAPER_SOURCE and "Table 1" in table1.PAPER_SOURCE
 
 
 def test_smoke_two_rows_end_to_end_then_reuse(tmp_path, monkeypatch, capsys):
@@ -53,9 +55,13 @@ def test_smoke_two_rows_end_to_end_then_reuse(tmp_path, monkeypatch, capsys):
     with open(out / "table1.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     assert [r["key"] for r in rows] == ["cyclegan", "pix2pixhd"]
-    assert all(r["BCI paper Table 1 (PSNR dB / SSIM)"] == "" for r in rows)
+    # published reference cells, printed as in the paper (no invented trailing digits)
+    assert [r["BCI paper Table 1 (PSNR dB / SSIM)"] for r in rows] == ["16.203 / 0.373", "19.634 / 0.471"]
+    # Pearson r over 2 images is +-1 whatever the images: left empty, not reported as a perfect correlation
+    assert all(r["IOD r"] == "" for r in rows)
     md = (out / "table1.md").read_text()
     assert "| cycleGAN |" in md and "| pix2pixHD |" in md and "Smoke run" in md
+    assert "arXiv:2204.11425" in md
     # PSNR / SSIM recomputed from the written images with scikit-image (the BCI protocol)
     for r in rows:
         images = out / "results" / f"table1_{r['key']}" / "test_latest" / "images"
@@ -84,6 +90,14 @@ def test_smoke_two_rows_end_to_end_then_reuse(tmp_path, monkeypatch, capsys):
     with open(out / "table1.csv", newline="") as f:
         again = list(csv.DictReader(f))
     assert [r["PSNR (dB)"] for r in again] == [r["PSNR (dB)"] for r in rows]
+
+
+def test_iod_r_kept_from_three_images():
+    m = {"psnr": 20.0, "ssim": 0.5, "iod_pearson_r": 0.25, "n_images": 3}
+    _, rows = table1.table_rows([(table1.METHODS["cyclegan"], m)])
+    assert rows[0][5] == "0.250" and rows[0][10] == "16.203 / 0.373"
+    _, rows = table1.table_rows([(table1.METHODS["cyclegan"], dict(m, n_images=2, iod_pearson_r=1.0))])
+    assert rows[0][5] == ""
 
 
 def test_bad_input_is_one_line_and_status_2(tmp_path, capsys):
