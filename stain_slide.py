@@ -82,15 +82,32 @@ def list_inputs(path: Path) -> List[Path]:
 
 
 def output_for(inputs: Sequence[Path], input_arg: Path, output: Path) -> List[Tuple[Path, Path]]:
-    """Pair each input with its output TIFF."""
+    """Pair each input with its output TIFF.
+
+    Raises:
+        OptionError: a folder input with a file output; two inputs that would write the same output (e.g. ``a.svs``
+            and ``a.tiff``: one would silently overwrite the other); an output that is one of the inputs.
+    """
     is_file_out = output.suffix.lower() in (".tif", ".tiff")
     if input_arg.is_dir() or len(inputs) > 1:
         if is_file_out:
             raise OptionError(f"--input '{input_arg}' is a folder, so --output must be a folder, not '{output}'")
-        return [(p, output / f"{p.stem}_ihc.tiff") for p in inputs]
-    if output.exists() and output.is_dir() or not is_file_out:
-        return [(inputs[0], output / f"{inputs[0].stem}_ihc.tiff")]
-    return [(inputs[0], output)]
+        jobs = [(p, output / f"{p.stem}_ihc.tiff") for p in inputs]
+    elif output.exists() and output.is_dir() or not is_file_out:
+        jobs = [(inputs[0], output / f"{inputs[0].stem}_ihc.tiff")]
+    else:
+        jobs = [(inputs[0], output)]
+    seen = {}
+    sources = {p.resolve() for p in inputs}
+    for src, dst in jobs:
+        key = dst.resolve()
+        if key in sources:
+            raise OptionError(f"--output '{dst}' is an input slide; it would be overwritten")
+        if key in seen:
+            raise OptionError(f"--input '{seen[key]}' and '{src}' would both be written to '{dst}'; stain them into "
+                              "different --output folders")
+        seen[key] = src
+    return jobs
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -111,7 +128,11 @@ def _run(opt: argparse.Namespace) -> int:
     from wsi.pipeline import DEFAULT_TARGET_MPP, StainSettings, plan_reading, validate_settings
     from wsi.reader import open_slide
 
-    gpu = int(str(opt.gpu_ids).split(",")[0])
+    try:
+        gpu = int(str(opt.gpu_ids).split(",")[0])
+    except ValueError:
+        raise OptionError(f"--gpu_ids '{opt.gpu_ids}': expected a GPU id such as 0 (or 0,1: the first is used), "
+                          "or -1 for the CPU") from None
     if gpu >= 0 and not torch.cuda.is_available():
         raise OptionError(f"--gpu_ids {opt.gpu_ids}: CUDA is not available on this machine; use --gpu_ids -1")
     device = f"cuda:{gpu}" if gpu >= 0 else "cpu"

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import math
+import tempfile
 import time
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -118,7 +119,15 @@ def register(fixed: np.ndarray, moving: np.ndarray, params: FineParams) -> FineR
     m_img = itk.GetImageFromArray(np.ascontiguousarray(moving, np.float32))
     po = parameter_object(params, fixed.shape)
     _, tp = itk.elastix_registration_method(f_img, m_img, parameter_object=po, log_to_console=False)
-    field = np.asarray(itk.transformix_deformation_field(m_img, tp), np.float32).copy()
+    # transformix writes deformationField.nii into its output directory, which defaults to the current one
+    # (itk.transformix_deformation_field gives no way to change it): use a private temporary folder instead
+    with tempfile.TemporaryDirectory(prefix="transformix.") as tmp:
+        tf = itk.TransformixFilter.New(m_img, transform_parameter_object=tp)
+        tf.SetComputeDeformationField(True)
+        tf.SetOutputDirectory(tmp)
+        tf.SetLogToConsole(False)
+        tf.UpdateLargestPossibleRegion()
+        field = np.asarray(tf.GetOutputDeformationField(), np.float32).copy()
     return FineResult(transform=tp, field=field, seconds=time.perf_counter() - t)
 
 

@@ -76,6 +76,21 @@ class BuildConfig:
             raise OptionError(f"--margin {self.margin} / --overlap {self.overlap}: need 0 <= overlap <= margin")
         if self.patch_size < 8:
             raise OptionError(f"--patch_size {self.patch_size}: expected at least 8 px")
+        if self.stride is not None and self.stride < 1:
+            raise OptionError(f"--stride {self.stride}: expected a positive number of px (or none: --patch_size)")
+        f = self.fine
+        if not (f.grid_spacing > 0 and math.isfinite(f.grid_spacing)):
+            raise OptionError(f"--grid_spacing {f.grid_spacing}: expected a positive number of working px")
+        for opt, v in (("--affine_iterations", f.affine_iterations), ("--bspline_iterations", f.bspline_iterations)):
+            if v < 0:
+                raise OptionError(f"{opt} {v}: expected >= 0 (0 skips the stage)")
+        if not self.skip_fine and f.affine_iterations == 0 and f.bspline_iterations == 0:
+            raise OptionError("--affine_iterations and --bspline_iterations are both 0: nothing to register "
+                              "(use --no_fine for the coarse alignment only)")
+        if f.resolutions is not None and f.resolutions < 1:
+            raise OptionError(f"--resolutions {f.resolutions}: expected >= 1")
+        if not 0 <= self.min_block_tissue <= 1:
+            raise OptionError(f"--min_block_tissue {self.min_block_tissue}: expected a fraction in [0, 1]")
         c = self.criteria
         for opt, v in (("--min_tissue", c.min_tissue), ("--min_coverage", c.min_coverage)):
             if not 0 <= v <= 1:
@@ -263,8 +278,8 @@ def build_from_readers(he, ihc, coarse: CoarseResult, out_dir: PathLike, cfg: Bu
     if (run_dir / "patches.csv").exists():
         raise OptionError(f"run folder '{run_dir}' already holds a build (patches.csv); choose another --name or "
                           "remove it")
+    d = working_downsample(he, cfg.level, cfg.mpp)  # may raise: check before creating anything
     run_dir.mkdir(parents=True, exist_ok=True)
-    d = working_downsample(he, cfg.level, cfg.mpp)
     W0, H0 = he.dimensions
     width, height = int(W0 // d), int(H0 // d)
     if width < cfg.patch_size or height < cfg.patch_size:
@@ -279,6 +294,7 @@ def build_from_readers(he, ihc, coarse: CoarseResult, out_dir: PathLike, cfg: Bu
     tmp_rgb = run_dir / ".ihc_registered.partial.tif"
     tmp_cov = run_dir / ".coverage.partial.tif"
     mosaic = Mosaic(tmp_rgb, tmp_cov, height, width)
+    completed = False
     try:
         t = time.perf_counter()
         for b in tqdm(blocks, desc="registering blocks", unit="block", leave=False):
@@ -310,9 +326,14 @@ def build_from_readers(he, ihc, coarse: CoarseResult, out_dir: PathLike, cfg: Bu
         t = time.perf_counter()
         patches = _cut_patches(he, m_he, mosaic, out_dir, run_dir, cfg, d, height, width)
         timings["patches_s"] = time.perf_counter() - t
+        completed = True
     finally:
         mosaic.close()
         del mosaic
+        if not completed:  # the frame-sized temporaries must not outlive a failed or interrupted run
+            for p in (tmp_rgb, tmp_cov):
+                with contextlib.suppress(FileNotFoundError):
+                    p.unlink()
 
     registered = None
     if cfg.keep_registered:

@@ -10,6 +10,8 @@ from registration.points import write_points_csv
 from registration.stains import grey_channel
 
 pytest.importorskip("itk", reason="fine registration needs itk-elastix")
+# itk's SWIG wrappers emit ~1000 of these on import; they say nothing about this project
+pytestmark = pytest.mark.filterwarnings("ignore:builtin type .* has no __module__ attribute")
 
 from scripts.build_pairs import main  # noqa: E402
 

@@ -65,7 +65,7 @@ def test_cli_tta_option(tmp_path, exp, small_png):
 
 
 @pytest.mark.parametrize("case", ["missing", "unsupported", "corrupt", "no_mpp", "no_ckpt", "stride", "overlap",
-                                  "bad_level"])
+                                  "bad_level", "bad_gpu"])
 def test_cli_bad_input_exit_2_nothing_written(tmp_path, exp, small_png, capsys, case):
     out = tmp_path / "out"
     inp, extra, expect = small_png, [], None
@@ -91,8 +91,31 @@ def test_cli_bad_input_exit_2_nothing_written(tmp_path, exp, small_png, capsys, 
         extra, expect = ["--overlap", "32"], "less than half"
     elif case == "bad_level":
         extra, expect = ["--level", "3"], "--level 3"
+    elif case == "bad_gpu":
+        extra, expect = ["--gpu_ids", "cuda"], "--gpu_ids 'cuda'"
     rc = stain_slide.main(_args(exp, inp, out, *extra))
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2
     assert err and err[-1].startswith("stain_slide.py: error:") and expect in err[-1]
     assert not out.exists() or list(out.iterdir()) == []
+
+
+def test_outputs_that_would_collide_or_overwrite_an_input_are_refused(tmp_path, exp, small_png, capsys):
+    folder = tmp_path / "slides"
+    folder.mkdir()
+    img = Image.open(small_png)
+    img.save(folder / "a.png", dpi=(25400 / 0.46, 25400 / 0.46))
+    img.save(folder / "a.jpg", dpi=(25400 / 0.46, 25400 / 0.46))  # same stem: both -> a_ihc.tiff
+    assert stain_slide.main(_args(exp, folder, tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert "a.png" in err and "a.jpg" in err and "a_ihc.tiff" in err
+    assert not (tmp_path / "out").exists()
+    # the output is the input itself
+    tif = tmp_path / "in.tiff"
+    import tifffile
+    tifffile.imwrite(tif, np.asarray(img), photometric="rgb", resolution=(1e4 / 0.46, 1e4 / 0.46),
+                     resolutionunit="CENTIMETER")
+    before = tif.read_bytes()
+    assert stain_slide.main(_args(exp, tif, tif)) == 2
+    assert "would be overwritten" in capsys.readouterr().err
+    assert tif.read_bytes() == before

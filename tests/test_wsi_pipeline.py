@@ -62,6 +62,15 @@ def test_identity_is_exact_on_the_real_slide_and_output_reopens(tmp_path):
                             "html": "id.html"}[k]).is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["id.html", "id.tiff", "id_he_thumbnail.png",
                                                         "id_thumbnail.png"]  # no temporaries left
+    # both thumbnails at the requested size (the virtual IHC one is not the tiny last pyramid level), and with an
+    # identity generator they show the same picture
+    from PIL import Image
+    ihc_th = np.asarray(Image.open(tmp_path / "id_thumbnail.png")).astype(int)
+    he_th = np.asarray(Image.open(tmp_path / "id_he_thumbnail.png")).astype(int)
+    assert ihc_th.shape == he_th.shape == (1024, round(2220 * 1024 / 2967), 3)
+    # (different resampling chains: 2x2 box pyramid + Lanczos vs one box filter, so not pixel-exact)
+    assert np.abs(ihc_th - he_th).mean() < 4.0
+    assert np.corrcoef(ihc_th.ravel(), he_th.ravel())[0, 1] > 0.97
 
 
 class SeamyNet(torch.nn.Module):

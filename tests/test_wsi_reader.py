@@ -135,3 +135,41 @@ def test_errors_name_the_file(tmp_path):
     assert issubclass(SlideError, UserError) and issubclass(SlideError, OSError)
     with open_slide(SVS) as s, pytest.raises(ValueError):
         s.read_region(0, 0, 1, 10, 10)
+
+
+def test_thumbnail_is_read_in_strips_and_equals_whole_image_box_resize(monkeypatch):
+    """Memory of get_thumbnail is bounded by a strip, not the level; the result equals Pillow's BOX resize of the
+    whole level (the independent reference)."""
+    import wsi.reader as R
+
+    monkeypatch.setattr(R, "THUMBNAIL_STRIP_PIXELS", 2220 * 200)
+    ref = openslide.OpenSlide(SVS)
+    whole = Image.fromarray(np.asarray(ref.read_region((0, 0), 0, ref.dimensions))[..., :3])
+    reads = []
+    with open_slide(SVS) as s:
+        orig = s.read_region
+
+        def spy(x, y, level, w, h):
+            reads.append(w * h)
+            return orig(x, y, level, w, h)
+
+        s.read_region = spy
+        th = s.get_thumbnail(301)
+    assert th.shape == (301, round(2220 * 301 / 2967), 3)
+    assert len(reads) > 5 and max(reads) <= 2220 * 200 + 2 * 2220
+    expect = np.asarray(whole.resize((th.shape[1], th.shape[0]), Image.Resampling.BOX))
+    assert np.abs(th.astype(int) - expect.astype(int)).max() <= 1
+
+
+def test_thumbnail_uses_the_smallest_sufficient_level(tmp_path):
+    img = np.random.default_rng(3).integers(0, 256, (512, 768, 3), dtype=np.uint8)
+    p = tmp_path / "pyr.tiff"
+    _pyramid_tiff(p, img, 0.25)
+    with open_slide(p) as s:
+        levels = []
+        orig = s.read_region
+        s.read_region = lambda x, y, level, w, h: levels.append(level) or orig(x, y, level, w, h)
+        th = s.get_thumbnail(150)  # 150x100: level 2 (192x128) is the smallest at least that large
+        assert set(levels) == {2} and th.shape == (100, 150, 3)
+        levels.clear()
+        assert s.get_thumbnail(384).shape == (256, 384, 3) and set(levels) == {1}

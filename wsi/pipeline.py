@@ -309,10 +309,12 @@ def stain_slide(generator: Generator, input_path: PathLike, output_path: PathLik
     with open_slide(input_path) as reader:
         plan = plan_reading(reader, s.target_mpp, s.slide_mpp, s.level)
         grid = TileGrid(plan.width, plan.height, s.tile_size, s.overlap)
-        he_thumb = reader.get_thumbnail(s.thumbnail_size)
+        # one pass over a low level serves both the page's H&E thumbnail and the tissue mask
+        mask_size = max(256, min(4096, max(plan.width, plan.height) // 16)) if s.tissue_mask else 0
+        overview = reader.get_thumbnail(max(s.thumbnail_size, mask_size))
+        he_thumb = W.thumbnail(overview, s.thumbnail_size)
         if s.tissue_mask:
-            mask_src = reader.get_thumbnail(max(256, min(4096, max(plan.width, plan.height) // 16)))
-            mask = tissue_mask(mask_src)
+            mask = tissue_mask(W.thumbnail(overview, mask_size))
             sel = tiles_with_tissue(mask, (plan.width / mask.shape[1], plan.height / mask.shape[0]), grid)
         else:
             sel = np.ones((grid.n_rows, grid.n_cols), bool)
@@ -330,9 +332,10 @@ def stain_slide(generator: Generator, input_path: PathLike, output_path: PathLik
             finally:
                 blender.close()
             t_gen = time.perf_counter() - t0
-            _, smallest = W.write_pyramid_tiff(out["tiff"], level0, plan.width, plan.height, plan.out_mpp,
-                                               s.compression, s.tiff_tile, tmp_dir=tmp)
-    W.write_thumbnail(smallest, out["thumb"], s.thumbnail_size)
+            _, thumb_level = W.write_pyramid_tiff(out["tiff"], level0, plan.width, plan.height, plan.out_mpp,
+                                               s.compression, s.tiff_tile, tmp_dir=tmp,
+                                               thumb_size=s.thumbnail_size)
+    W.write_thumbnail(thumb_level, out["thumb"], s.thumbnail_size)
     W.write_thumbnail(he_thumb, out["he_thumb"], s.thumbnail_size)
     secs = time.perf_counter() - t0
     summary = {"input": str(input_path), "output": str(out["tiff"]), "level": plan.level, "scale": plan.scale,

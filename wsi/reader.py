@@ -45,6 +45,8 @@ PLAUSIBLE_MPP = (0.01, 100.0)
 MPP_TOLERANCE = 0.10
 #: Largest level :meth:`SlideReader.read_level` will read into memory (pixels).
 MAX_READ_LEVEL_PIXELS = 64 * 1024 * 1024
+#: Pixels of one strip read by :meth:`SlideReader.get_thumbnail` (bounds its memory whatever the level's size).
+THUMBNAIL_STRIP_PIXELS = 16 * 1024 * 1024
 
 PLAIN_IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SUPPORTED_FORMATS = (
@@ -157,9 +159,43 @@ class SlideReader:
     def get_thumbnail(self, max_size: int) -> np.ndarray:
         """Whole slide scaled so that its longer side is at most ``max_size`` px (aspect kept, never enlarged).
 
-        Returns ``(h, w, 3)`` uint8 RGB with ``max(h, w) <= max_size``.
+        The source is the smallest pyramid level still at least as large as the thumbnail (a lower level when the
+        slide has one, as OpenSlide's own ``get_thumbnail`` does), read in horizontal strips of about
+        :data:`THUMBNAIL_STRIP_PIXELS` pixels (at least one thumbnail row) and area-averaged (Pillow ``BOX`` filter)
+        strip by strip, so memory is bounded by the strip and the thumbnail, never by the whole level (OpenSlide's
+        ``get_thumbnail`` reads the whole level at once). Size: ``round(side * max_size / longer side)``, at least 1.
+
+        Returns:
+            ``(h, w, 3)`` uint8 RGB with ``max(h, w) <= max_size``.
+
+        Raises:
+            ValueError: ``max_size`` not positive.
         """
-        raise NotImplementedError
+        max_size = int(max_size)
+        if max_size <= 0:
+            raise ValueError(f"max_size must be positive, got {max_size}")
+        w0, h0 = self.dimensions
+        scale = min(1.0, max_size / max(w0, h0))
+        tw, th = max(1, round(w0 * scale)), max(1, round(h0 * scale))
+        large_enough = [i for i, (w, h) in enumerate(self.level_dimensions) if w >= tw and h >= th] or [0]
+        level = min(large_enough, key=lambda i: self.level_dimensions[i][0] * self.level_dimensions[i][1])
+        return self._strip_resize(level, tw, th)
+
+    def _strip_resize(self, level: int, tw: int, th: int) -> np.ndarray:
+        """Area-average ``level`` to ``(th, tw, 3)`` reading strips of whole level rows (see :meth:`get_thumbnail`)."""
+        w, h = self.level_dimensions[level]
+        ds = self.level_downsamples[level]
+        sy = h / th  # level rows per thumbnail row
+        rows_per_strip = max(1, int(THUMBNAIL_STRIP_PIXELS // max(1, w) / max(sy, 1.0)))
+        out = np.empty((th, tw, 3), np.uint8)
+        for t0 in range(0, th, rows_per_strip):
+            t1 = min(th, t0 + rows_per_strip)
+            y0, y1 = t0 * sy, t1 * sy
+            r0, r1 = int(math.floor(y0)), min(h, int(math.ceil(y1)))
+            strip = self.read_region(0, round(r0 * ds), level, w, r1 - r0)
+            im = Image.fromarray(strip).resize((tw, t1 - t0), Image.Resampling.BOX, box=(0, y0 - r0, w, y1 - r0))
+            out[t0:t1] = np.asarray(im)
+        return out
 
     def close(self) -> None:
         """Release the file. Further reads are undefined."""
@@ -270,26 +306,6 @@ class OpenSlideReader(SlideReader):
             raise SlideError(f"cannot read region ({x}, {y}, level {level}, {width}x{height}) of '{self.path}': "
                              f"{e}") from e
         return _composite_on_white(np.asarray(im))
-
-    def get_thumbnail(self, max_size: int) -> np.ndarray:
-        max_size = int(max_size)
-        if max_size <= 0:
-            raise ValueError(f"max_size must be positive, got {max_size}")
-        # pick a level at least as large as the thumbnail, read it in one piece if it is small, else downsample
-        w0, h0 = self.dimensions
-        scale = min(1.0, max_size / max(w0, h0))
-        tw, th = max(1, round(w0 * scale)), max(1, round(h0 * scale))
-        level = 0
-        for i, (w, h) in enumerate(self.level_dimensions):
-            if w >= tw and h >= th:
-                level = i
-        w, h = self.level_dimensions[level]
-        if w * h <= MAX_READ_LEVEL_PIXELS:
-            arr = self.read_level(level)
-            if (w, h) == (tw, th):
-                return arr
-            return np.asarray(Image.fromarray(arr).resize((tw, th), Image.Resampling.LANCZOS))
-        return np.asarray(self._slide.get_thumbnail((tw, th)).convert("RGB").resize((tw, th)))
 
     def close(self) -> None:
         slide = getattr(self, "_slide", None)
@@ -413,16 +429,6 @@ class ImageReader(SlideReader):
         if x1 > x0 and y1 > y0:
             out[y0 - y:y1 - y, x0 - x:x1 - x] = a[y0:y1, x0:x1, :3]
         return out
-
-    def get_thumbnail(self, max_size: int) -> np.ndarray:
-        max_size = int(max_size)
-        if max_size <= 0:
-            raise ValueError(f"max_size must be positive, got {max_size}")
-        w0, h0 = self.dimensions
-        scale = min(1.0, max_size / max(w0, h0))
-        tw, th = max(1, round(w0 * scale)), max(1, round(h0 * scale))
-        im = Image.fromarray(np.ascontiguousarray(self._pixels()))
-        return np.asarray(im if (tw, th) == (w0, h0) else im.resize((tw, th), Image.Resampling.LANCZOS))
 
     def close(self) -> None:
         self._array = None

@@ -142,7 +142,7 @@ def pyramid_shapes(width: int, height: int, tile: int) -> List[Tuple[int, int]]:
 
 def write_pyramid_tiff(path: PathLike, level0: RawFile, width: int, height: int, mpp: Optional[float],
                        compression: str = "jpeg", tile: int = 512, tmp_dir: Optional[PathLike] = None,
-                       software: str = "stain_slide.py") -> Tuple[Path, np.ndarray]:
+                       software: str = "stain_slide.py", thumb_size: Optional[int] = None) -> Tuple[Path, np.ndarray]:
     """Write the darkness image in ``level0`` (``(height, width, 3)`` uint8, 255 - RGB) as a pyramidal BigTIFF.
 
     Written atomically (temporary name beside ``path``, renamed at the end).
@@ -154,9 +154,12 @@ def write_pyramid_tiff(path: PathLike, level0: RawFile, width: int, height: int,
         compression: one of :data:`COMPRESSIONS`.
         tile: TIFF tile size, a multiple of 16.
         tmp_dir: folder for the lower levels' temporaries (default: beside ``path``).
+        thumb_size: the longer side of the thumbnail to be made from the returned level; ``None``: the smallest level.
 
     Returns:
-        ``(path, smallest_level)`` - the smallest level as ``(h, w, 3)`` uint8 RGB, for thumbnails.
+        ``(path, level)`` - as ``(h, w, 3)`` uint8 RGB, the smallest pyramid level whose longer side is at least
+        ``thumb_size`` (level 0 when even that is smaller), so that a thumbnail of ``thumb_size`` is a
+        downscale of it, never an upscale; at most ``2 * thumb_size`` px a side unless level 0 is returned.
     """
     import tifffile
 
@@ -168,8 +171,10 @@ def write_pyramid_tiff(path: PathLike, level0: RawFile, width: int, height: int,
     folder = Path(tmp_dir) if tmp_dir is not None else path.parent
     folder.mkdir(parents=True, exist_ok=True)
     comp = _tifffile_compression(compression)
+    big_enough = [k for k, (w, h) in enumerate(shapes) if thumb_size is None or max(w, h) >= thumb_size]
+    k_thumb = big_enough[-1] if big_enough else 0
     buffers: List[RawFile] = [level0]
-    smallest: Optional[np.ndarray] = None
+    thumb_level: Optional[np.ndarray] = None
     try:
         with atomic_path(path) as tmp, tifffile.TiffWriter(tmp, bigtiff=True) as tw:
             for k, (w, h) in enumerate(shapes):
@@ -186,15 +191,15 @@ def write_pyramid_tiff(path: PathLike, level0: RawFile, width: int, height: int,
                 tw.write(_level_tiles(src, w, h, tile, dst), shape=(h, w, 3), dtype=np.uint8, tile=(tile, tile),
                          photometric="rgb", subfiletype=0 if k == 0 else 1, metadata=None, software=software,
                          **comp, **extra)
-                if k == len(shapes) - 1:
-                    smallest = 255 - src.read(0, 0, h, w)
+                if k == k_thumb:
+                    thumb_level = 255 - src.read(0, 0, h, w)
                 if k > 0:
                     src.close()
     finally:
         for b in buffers[1:]:
             b.close()
     log.info("wrote %s (%d levels, %s)", path, len(shapes), compression)
-    return path, smallest
+    return path, thumb_level
 
 
 def _level_tiles(src: RawFile, w: int, h: int, tile: int, dst: Optional[RawFile]) -> Iterator[np.ndarray]:
