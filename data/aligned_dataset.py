@@ -52,6 +52,10 @@ class AlignedDataset(BaseDataset):
             check_odd_widths(headers)
         else:
             check_pair_sizes(self.pairs, headers)
+        #: ``(width, height)`` in px of each item's images before preprocessing (from the headers)
+        self.sizes: List[Tuple[int, int]] = [
+            ((w // 2, h) if self.layout.combined else (w, h)) for (w, h), _ in (headers[a] for a, _ in self.pairs)
+        ]
         log.info("aligned dataset: %d pairs, layout %s (%s, %s)", len(self.pairs), self.layout.kind,
                  self.layout.A_folder, self.layout.B_folder)
 

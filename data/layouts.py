@@ -14,7 +14,8 @@ A layout counts as present when any of its folders for the phase exists. Several
 
 Image files are the folder's direct children (no recursion) whose extension, compared case-insensitively, is one of
 :data:`IMG_EXTENSIONS`; they are sorted by file name. Other files are not images and are ignored, with a log message
-saying how many; hidden files (``.name``) are ignored the same way. Nothing that looks like an image is skipped.
+saying how many; hidden files (``.name``) are ignored the same way. Nothing that looks like an image is skipped: an
+entry named like an image that is not a file (a broken symbolic link, a folder ``x.png/``) is an error.
 """
 from __future__ import annotations
 
@@ -64,19 +65,27 @@ def list_images(folder: PathLike, expected: str = "") -> List[Path]:
         expected: the expected-layout text appended to error messages.
 
     Raises:
-        DataError: the folder is missing, not a folder, or holds no image file (names it and the extensions).
+        DataError: the folder is missing, not a folder, or holds no image file (names it and the extensions); an
+            entry with an image extension is not a file, e.g. a broken symbolic link (lists them: never skipped).
     """
     folder = Path(folder)
     hint = f"; {expected}" if expected else ""
     if not folder.is_dir():
         raise DataError(f"folder '{folder}' does not exist{hint}")
-    files, others = [], []
+    files, others, broken = [], [], []
     with os.scandir(folder) as it:
         for entry in it:
-            if entry.is_file() and is_image_file(entry.name):
-                files.append(entry.name)
-            else:
+            if not is_image_file(entry.name):
                 others.append(entry.name)
+            elif entry.is_file():
+                files.append(entry.name)
+            else:  # named like an image but not a readable file: a broken symbolic link or a folder
+                broken.append(entry.name)
+    if broken:
+        raise DataError(
+            f"folder '{folder}' has {len(broken)} entr{'y' if len(broken) == 1 else 'ies'} named like images that "
+            f"are not files (broken symbolic links or folders): {_listing(sorted(broken))}{hint}"
+        )
     if not files:
         raise DataError(
             f"folder '{folder}' holds no image files (extensions {', '.join(IMG_EXTENSIONS)}, any case)"

@@ -42,7 +42,9 @@ class SingleDataset(BaseDataset):
         super().__init__(opt)
         self.folder = self._input_folder()
         self.paths: List[Path] = cap(list_images(self.folder), opt.max_dataset_size, str(self.folder))
-        read_headers(self.paths)
+        headers = read_headers(self.paths)
+        #: ``(width, height)`` in px of each item's image before preprocessing (from the headers)
+        self.sizes = [headers[p][0] for p in self.paths]
         log.info("single dataset: %d images in %s", len(self.paths), self.folder)
 
     def _input_folder(self) -> Path:

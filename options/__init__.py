@@ -1,7 +1,13 @@
 """Command-line options: ``parse_train(argv)``, ``parse_test(argv)`` and saving/loading a run's options.
 
-Parsing is pure (no printing, no files, no devices); :func:`finalize` then applies ``--suffix``, picks the device and
-seeds the random generators, and :func:`save_options` writes ``train_opt.txt`` / ``train_opt.json``.
+Parsing has no side effects (nothing printed, written, created or seeded): :func:`parse` applies ``--suffix``, runs
+the model's option checks, checks ``--gpu_ids`` against the visible devices and sets ``opt.device``; the entry points
+then call :func:`seed_everything`, and :func:`save_options` writes ``train_opt.txt`` / ``train_opt.json``.
+``parse_test`` reads ``<checkpoints_dir>/<name>/train_opt.json`` when it exists, only to default ``--model`` to the
+training run's model.
+
+Options may be abbreviated as argparse allows (``--ng 8`` for ``--ngf 8``); ``opt.explicit`` lists the options given
+on the command line in any spelling, which :func:`apply_train_options` compares against the training run.
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ import torch
 from options.base_options import _Parser, add_base_options
 from options.test_options import add_test_options
 from options.train_options import add_train_options
-from util.errors import OptionError
+from util.errors import OptionError, UserError
 from util.fileio import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -40,6 +46,11 @@ def build_parser(is_train: bool, argv: Optional[Sequence[str]] = None) -> argpar
     (add_train_options if is_train else add_test_options)(parser)
     # first pass: which model and dataset?
     known, _ = parser.parse_known_args([a for a in argv if a not in ("-h", "--help")])
+    if not is_train:
+        saved_model = _saved_model(known.checkpoints_dir, known.name)
+        if saved_model is not None:
+            parser.set_defaults(model=saved_model)
+            known, _ = parser.parse_known_args([a for a in argv if a not in ("-h", "--help")])
     models.get_option_setter(known.model)(parser, is_train)
     known, _ = parser.parse_known_args([a for a in argv if a not in ("-h", "--help")])
     data.get_option_setter(known.dataset_mode)(parser, is_train)
@@ -49,10 +60,13 @@ def build_parser(is_train: bool, argv: Optional[Sequence[str]] = None) -> argpar
 def parse(argv: Optional[Sequence[str]] = None, is_train: bool = True) -> argparse.Namespace:
     """Parse ``argv`` (a list of strings; ``None`` = no arguments, never ``sys.argv``) into an options namespace.
 
-    The namespace gets ``isTrain`` and the derived ``device`` (``torch.device``); nothing else happens.
+    The namespace gets ``isTrain``, ``explicit`` (sorted names of the options given on the command line), ``name``
+    with ``--suffix`` applied, and the derived ``device`` (``torch.device``); nothing is printed, written or seeded.
+    For testing (``is_train`` False) ``--model`` defaults to the model of the run's saved ``train_opt.json``.
 
     Raises:
-        OptionError: unknown options, bad values, an unknown model or dataset mode.
+        OptionError: unknown options, bad values, an unknown model or dataset mode, a ``--suffix`` that cannot be
+            formatted, a ``--gpu_ids`` device that does not exist.
     """
     argv = list(argv) if argv is not None else []
     parser = build_parser(is_train, argv)
@@ -60,7 +74,11 @@ def parse(argv: Optional[Sequence[str]] = None, is_train: bool = True) -> argpar
     opt.isTrain = is_train
     opt.explicit = sorted(_explicit_dests(parser, argv))
     if opt.suffix:
-        opt.name = opt.name + ("_" + opt.suffix.format(**vars(opt)))
+        try:
+            opt.name = opt.name + ("_" + opt.suffix.format(**vars(opt)))
+        except (KeyError, IndexError, ValueError, AttributeError) as e:
+            raise OptionError(f"--suffix '{opt.suffix}' cannot be formatted ({type(e).__name__}: {e}); use option "
+                              "names in braces, e.g. --suffix {model}_{netG}_size{load_size}") from None
     import models
 
     checker = getattr(models.find_model_using_name(opt.model), "check_options", None)
@@ -79,18 +97,35 @@ def parse_test(argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
 
 
 def _explicit_dests(parser: argparse.ArgumentParser, argv: Sequence[str]) -> set[str]:
-    """Names (dest) of the options written explicitly on the command line."""
-    dests = set()
-    by_flag = {}
-    for action in parser._actions:
-        for s in action.option_strings:
-            by_flag[s] = action.dest
-    for a in argv:
-        if a.startswith("--"):
-            flag = a.split("=", 1)[0]
-            if flag in by_flag:
-                dests.add(by_flag[flag])
-    return dests
+    """Names (dest) of the options written explicitly on the command line, in any spelling argparse accepts
+    (``--ngf 8``, ``--ngf=8``, the abbreviation ``--ng 8``): ``argv`` is parsed again with every default suppressed,
+    so only the options actually given end up in the namespace. ``parser`` is restored afterwards."""
+    saved_defaults = {id(a): a.default for a in parser._actions}
+    saved_parser_defaults = dict(parser._defaults)
+    try:
+        for a in parser._actions:
+            a.default = argparse.SUPPRESS
+        parser._defaults.clear()
+        given, _ = parser.parse_known_args(list(argv))
+    finally:
+        for a in parser._actions:
+            a.default = saved_defaults[id(a)]
+        parser._defaults.update(saved_parser_defaults)
+    return set(vars(given))
+
+
+def _saved_model(checkpoints_dir: str, name: str) -> Optional[str]:
+    """The ``model`` of ``<checkpoints_dir>/<name>/train_opt.json`` when that file exists and names a registered
+    model, else None (no error: test.py reports a missing or broken file later, with its own message)."""
+    import models
+
+    path = Path(checkpoints_dir) / name / "train_opt.json"
+    try:
+        model = json.loads(path.read_text(encoding="utf-8")).get("model")
+        models.find_model_using_name(model)
+    except (OSError, ValueError, AttributeError, TypeError, UserError):
+        return None
+    return model
 
 
 def _device(gpu_ids: list[int]) -> torch.device:

@@ -3,7 +3,7 @@
 Parsing happens in two passes, as in the pix2pix code: the base options are parsed first to learn ``--model`` and
 ``--dataset_mode``; then the chosen model's and dataset's ``modify_commandline_options(parser, is_train)`` add their
 own options and defaults, and the full command line is parsed again. Parsing has no side effects: nothing is
-printed, written or created (see :mod:`options.io` for saving and :func:`options.finalize` for devices and seeds).
+printed, written, created or seeded (see :func:`options.save_options` for saving and :func:`options.seed_everything`).
 """
 from __future__ import annotations
 
@@ -45,7 +45,9 @@ def add_base_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     g.add_argument("--checkpoints_dir", default="./checkpoints", help="models, options and logs are saved here")
     g.add_argument("--seed", type=int, default=None, help="random seed for torch, numpy and python (repeatable CPU runs)")
     g = parser.add_argument_group("model")
-    g.add_argument("--model", default="pix2pix", help="model name (see models/__init__.py for the registered ones)")
+    import models  # the registry (models/__init__.py) names the valid --model values
+
+    g.add_argument("--model", default="pix2pix", choices=models.available_models(), help="model")
     g.add_argument("--input_nc", type=int, default=3, choices=(1, 3), help="# of input image channels: 3 RGB, 1 grey")
     g.add_argument("--output_nc", type=int, default=3, choices=(1, 3), help="# of output image channels: 3 RGB, 1 grey")
     g.add_argument("--ngf", type=int, default=64, help="# of generator filters in the last conv layer")

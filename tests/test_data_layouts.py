@@ -81,6 +81,7 @@ def test_combined_layout_splits_halves(tmp_path):
     np.testing.assert_array_equal(as_u8(item["A"]), a)
     np.testing.assert_array_equal(as_u8(item["B"]), b)
     assert item["A_paths"] == item["B_paths"] and item["her2"] == "1+"
+    assert ds.sizes == [(10, 16)]  # (width, height) of one half, as the items have
     swapped = data.create_dataset(make_opt(tmp_path, direction="BtoA"))[0]
     np.testing.assert_array_equal(as_u8(swapped["A"]), b)
     np.testing.assert_array_equal(as_u8(swapped["B"]), a)
@@ -240,3 +241,21 @@ def test_bad_direction_and_channels(tmp_path):
     with pytest.raises(OptionError, match="input_nc"):
         data.create_dataset(make_opt(tmp_path, input_nc=4))
 
+
+
+@pytest.mark.parametrize("dataset_mode", ["aligned", "single"])
+def test_broken_link_named_like_an_image_is_an_error_not_skipped(tmp_path, dataset_mode):
+    """A broken symbolic link 'x.png' (or a folder 'y.PNG') looks like an image: it must stop the run, named,
+    instead of being dropped with the non-image entries (combined layout / single folder have no partner check)."""
+    for n in ("a.png", "b.png"):
+        save(np.zeros((8, 16, 3), np.uint8), tmp_path / "train" / n)
+    (tmp_path / "train" / "c.png").symlink_to(tmp_path / "moved_away.png")
+    (tmp_path / "train" / "d.PNG").mkdir()
+    (tmp_path / "train" / "notes.txt").write_text("not an image, ignored")
+    root = tmp_path if dataset_mode == "aligned" else tmp_path / "train"
+    with pytest.raises(DataError, match="not files") as e:
+        data.create_dataset(make_opt(root, dataset_mode=dataset_mode))
+    assert "c.png" in str(e.value) and "d.PNG" in str(e.value) and "notes.txt" not in str(e.value)
+    (tmp_path / "train" / "c.png").unlink()
+    (tmp_path / "train" / "d.PNG").rmdir()
+    assert len(data.create_dataset(make_opt(root, dataset_mode=dataset_mode))) == 2

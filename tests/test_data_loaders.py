@@ -214,3 +214,59 @@ def test_with_parsed_options(bci):
                               "--preprocess", "none"], is_train=False)
     item = data.create_dataset(test_opt)[0]
     assert item["A"].shape == (3, 12, 14) and item["A_paths"].endswith("HE/train/00000_train_0.png")
+
+
+# ---------------------------------------------------------------- errors from DataLoader workers
+def test_worker_data_error_reaches_main_process_as_one_line(bci):
+    """A corrupt file decoded in a worker process: the main process gets a DataError whose message is the worker's
+    original one line (naming the file), not PyTorch's multi-line "Caught DataError in DataLoader worker" text."""
+    bad = bci / "IHC" / "train" / "00001_train_1+.png"
+    raw = bad.read_bytes()
+    bad.write_bytes(raw[: len(raw) // 2])  # truncated PNG: the header reads, the pixels do not
+    ds = AlignedDataset(make_opt(bci))
+    loader = data.create_dataloader(make_opt(bci, num_threads=1, serial_batches=True, batch_size=1), ds)
+    it = iter(loader)
+    with pytest.raises(DataError) as e:
+        for _ in it:
+            pass
+    it._shutdown_workers()  # stop the persistent worker now, not at a later garbage collection
+    msg = str(e.value)
+    assert "\n" not in msg and str(bad) in msg and msg.startswith("cannot decode image")
+    assert msg.endswith("(in DataLoader worker 0)")
+    assert "Traceback" in e.value.worker_traceback and str(bad) in e.value.worker_traceback
+
+
+def test_user_error_message_kept_for_ordinary_text():
+    from util.errors import CheckpointError, UserError
+
+    text = "Caught DataError somewhere else\nline 2"
+    assert str(DataError(text)) == text and DataError(text).worker_traceback == ""
+    assert str(UserError("a", "b")) == "('a', 'b')"
+    assert isinstance(CheckpointError("x"), OSError) and str(CheckpointError("x")) == "x"
+
+
+def test_batch_of_mixed_sizes_names_the_files(tmp_path):
+    """--preprocess none with --batch_size 2 on images of two sizes: a DataError naming both files and sizes and the
+    options to change, instead of torch.stack's bare RuntimeError."""
+    for n, (h, w) in (("a.png", (8, 8)), ("b.png", (8, 12))):
+        save(rand_rgb(1, h, w), tmp_path / "HE" / "train" / n)
+        save(rand_rgb(2, h, w), tmp_path / "IHC" / "train" / n)
+    opt = make_opt(tmp_path, preprocess="none", serial_batches=True, batch_size=2)
+    ds = AlignedDataset(opt)
+    # before any batch is loaded (from the headers), not an hour into training when two sizes meet in a batch
+    with pytest.raises(DataError, match=r"2 different sizes.*a\.png' -> 8x8 px.*b\.png' -> 8x12 px.*--batch_size 1"):
+        data.create_dataloader(opt, ds)
+    assert ds.sizes == [(8, 8), (12, 8)]
+    data.create_dataloader(make_opt(tmp_path, preprocess="none", batch_size=1), ds)  # one image per batch is fine
+    # scale_width to 16 px wide: 8x8 -> 16x16, 8x12 -> 10x16 (height int(16 * 8 / 12) = 10): still two sizes
+    with pytest.raises(DataError, match="scale_width"):
+        data.create_dataloader(make_opt(tmp_path, preprocess="scale_width", load_size=16, crop_size=8, batch_size=2),
+                               ds)
+    # the collate function checks too (datasets without 'sizes', e.g. unaligned)
+    with pytest.raises(DataError, match=r"different sizes.*a\.png' \(8, 8\).*b\.png' \(8, 12\).*--batch_size 1"):
+        data.collate_checked([ds[0], ds[1]])
+    # same sizes batch as default_collate does
+    opt = make_opt(tmp_path, preprocess="crop", crop_size=8, batch_size=2, serial_batches=True)
+    batch = next(iter(data.create_dataloader(opt, AlignedDataset(opt))))
+    assert batch["A"].shape == (2, 3, 8, 8) and batch["A_paths"] == [str(tmp_path / "HE" / "train" / "a.png"),
+                                                                     str(tmp_path / "HE" / "train" / "b.png")]

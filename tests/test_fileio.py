@@ -24,3 +24,20 @@ def test_failure_keeps_old_file_and_leaves_nothing(tmp_path):
             raise RuntimeError("interrupted")
     assert target.read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["r.png"]
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_umask_read_without_changing_it(tmp_path, monkeypatch):
+    """Setting the umask to 0 even briefly lets files created meanwhile by other threads get mode 0666/0777; on Linux
+    the mode must be computed without calling os.umask, and follow a non-default umask exactly."""
+    old = os.umask(0o027)
+    try:
+        def no_umask(_):
+            raise AssertionError("os.umask called while writing")
+
+        monkeypatch.setattr(os, "umask", no_umask)
+        p = atomic_write_text(tmp_path / "b.txt", "y")
+    finally:
+        monkeypatch.undo()
+        os.umask(old)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o640

@@ -112,3 +112,14 @@ def test_unknown_names_list_the_valid_ones():
         define_G(3, 3, 8, "unet_128", "group")
     with pytest.raises(OptionError, match="--init_type"):
         init_weights(torch.nn.Conv2d(1, 1, 1), "uniform")
+
+
+@pytest.mark.parametrize("netG,bad_hw", [("resnet_6blocks", (66, 64)), ("resnet_6blocks", (64, 62)),
+                                         ("unet_128", (64, 64)), ("unet_128", (128, 192))])
+def test_generator_rejects_sizes_off_its_stride(netG, bad_hw):
+    """Without the check a ResNet silently returns 68x64 for 66x64 and a U-Net fails deep inside (batch norm on a
+    1x1 map, or a skip concatenation); the error names the size, the stride and the options to change."""
+    g = define_G(3, 3, 4, netG, "batch")
+    stride = generator_stride(netG)
+    with pytest.raises(OptionError, match=rf"multiples of {stride} px, got {bad_hw[0]}x{bad_hw[1]}.*--crop_size"):
+        g(torch.zeros(2, 3, *bad_hw))

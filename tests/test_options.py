@@ -10,7 +10,7 @@ from options import apply_train_options, build_parser, save_options
 from util.errors import OptionError
 
 ENUMS = {"netG", "netD", "norm", "init_type", "dataset_mode", "direction", "preprocess", "gan_mode", "lr_policy",
-         "input_nc", "output_nc"}
+         "input_nc", "output_nc", "model"}
 
 
 @pytest.mark.parametrize("model", ["pix2pix", "pyramidpix2pix"])
@@ -20,6 +20,7 @@ def test_every_enum_option_has_choices(model, is_train):
     for a in parser._actions:
         if a.dest in ENUMS:
             assert a.choices, f"--{a.dest} has no choices"
+    assert set(ENUMS) - ({"gan_mode", "lr_policy"} if not is_train else set()) <= {a.dest for a in parser._actions}
 
 
 def test_parse_has_no_side_effects(tmp_path, monkeypatch, capsys):
@@ -84,3 +85,41 @@ def test_help_lists_model_options(capsys):
 def test_parse_ignores_sys_argv(monkeypatch):
     monkeypatch.setattr("sys.argv", ["train.py", "--ngf", "3"])
     assert options.parse_train(None).ngf == 64
+
+
+def test_abbreviated_option_counts_as_explicit(tmp_path):
+    """argparse accepts unambiguous prefixes (--ng for --ngf); such a contradiction of the training run must still
+    be caught, not silently replaced by the run's value."""
+    opt = options.parse_train(["--checkpoints_dir", str(tmp_path), "--name", "n", "--ngf", "16"])
+    save_options(opt)
+    t = options.parse_test(["--name", "n", "--checkpoints_dir", str(tmp_path), "--ng", "32", "--inp=1"])
+    assert {"ngf", "input_nc", "name", "checkpoints_dir"} <= set(t.explicit)
+    assert "ndf" not in t.explicit and "model" not in t.explicit
+    with pytest.raises(OptionError, match="--ngf 32.*--input_nc 1"):
+        apply_train_options(t, options.load_train_options(tmp_path, "n"))
+    # parsing for 'explicit' leaves the defaults intact
+    assert (t.ndf, t.norm, t.direction) == (64, "batch", "AtoB")
+    # store_true flags and '=' forms count too
+    t = options.parse_test(["--no_dropout", "--netG=unet_128"])
+    assert {"no_dropout", "netG"} <= set(t.explicit)
+
+
+def test_bad_suffix_is_an_option_error():
+    with pytest.raises(OptionError, match="--suffix"):
+        options.parse_train(["--suffix", "{nope}"])
+    with pytest.raises(OptionError, match="--suffix"):
+        options.parse_train(["--suffix", "{0}"])
+    assert options.parse_train(["--name", "x", "--suffix", "{netG}_s{load_size}"]).name == "x_unet_256_s286"
+
+
+def test_test_model_defaults_to_the_training_runs(tmp_path):
+    opt = options.parse_train(["--model", "pyramidpix2pix", "--checkpoints_dir", str(tmp_path), "--name", "n",
+                               "--pattern", "L1_L3"])
+    save_options(opt)
+    t = options.parse_test(["--name", "n", "--checkpoints_dir", str(tmp_path)])
+    assert t.model == "pyramidpix2pix" and t.netD == "basic" and "model" not in t.explicit
+    assert options.parse_test(["--name", "n", "--checkpoints_dir", str(tmp_path), "--model", "test"]).model == "test"
+    # no run, or an unreadable train_opt.json: the plain default
+    assert options.parse_test(["--name", "none", "--checkpoints_dir", str(tmp_path)]).model == "pix2pix"
+    (tmp_path / "n" / "train_opt.json").write_text("{broken")
+    assert options.parse_test(["--name", "n", "--checkpoints_dir", str(tmp_path)]).model == "pix2pix"

@@ -73,9 +73,7 @@ def load_network(net: nn.Module, path: PathLike, map_location: Any = "cpu") -> n
     sd = load_checkpoint(path, map_location)
     if not isinstance(sd, Mapping):
         raise CheckpointError(f"checkpoint '{path}' holds a {type(sd).__name__}, expected a state dict")
-    sd = dict(sd)
-    if hasattr(sd, "_metadata"):
-        del sd._metadata
+    sd = dict(sd)  # a plain dict: drops the OrderedDict's _metadata (version info); num_batches_tracked is handled below
     bare = unwrap(net)
     own = bare.state_dict()
     # checkpoints saved from DataParallel/DDP carry a 'module.' prefix

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable, Iterator, Union
 
@@ -44,9 +45,23 @@ def atomic_path(path: PathLike, suffix: str | None = None) -> Iterator[Path]:
         raise
 
 
+_UMASK_LOCK = threading.Lock()
+
+
 def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
+    """The process umask, read without changing it where Linux allows (``Umask:`` of ``/proc/self/status``, Linux
+    4.7+): the classic ``os.umask(0)``/``os.umask(mask)`` pair leaves a window in which files created by other threads
+    (e.g. a writer thread, tile blending) get permissive modes. Elsewhere that pair is used under a lock."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _UMASK_LOCK:
+        mask = os.umask(0)
+        os.umask(mask)
     return mask
 
 

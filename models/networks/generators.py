@@ -10,6 +10,22 @@ from __future__ import annotations
 from torch import nn
 
 from models.networks.norms import uses_bias
+from util.errors import OptionError
+
+
+def check_input_size(x, stride: int, net: str) -> None:
+    """Raise :class:`OptionError` unless the input ``(N, C, H, W)`` has H and W that are positive multiples of
+    ``stride``; other sizes make the generator return a different size (ResNet) or fail deep inside (U-Net).
+
+    ``test.py`` pads to the stride itself (``models.base_model``); this check stops training on such images with one
+    clear message instead of a shape error in a loss.
+    """
+    h, w = x.shape[-2:]
+    if h % stride or w % stride or h == 0 or w == 0:
+        raise OptionError(
+            f"{net} needs images whose height and width are multiples of {stride} px, got {h}x{w}; "
+            "choose --crop_size (with --preprocess crop or resize_and_crop) or --load_size accordingly"
+        )
 
 
 class ResnetBlock(nn.Module):
@@ -46,8 +62,11 @@ class ResnetGenerator(nn.Module):
     """ResNet generator (Johnson et al. 2016 as used by CycleGAN/pix2pix): c7s1-ngf, two stride-2 downsamplings,
     ``n_blocks`` residual blocks at ``4*ngf`` channels, two transposed-conv upsamplings, c7s1-output_nc, tanh.
 
-    Input ``(N, input_nc, H, W)`` in [-1, 1] with H and W multiples of 4 (else the output size differs);
-    output ``(N, output_nc, H, W)`` in [-1, 1].
+    Input ``(N, input_nc, H, W)`` in [-1, 1] with H and W multiples of 4; output ``(N, output_nc, H, W)`` in
+    [-1, 1].
+
+    Raises:
+        OptionError: (forward) H or W is not a multiple of 4 (the output would have another size).
     """
 
     stride = 4
@@ -73,6 +92,7 @@ class ResnetGenerator(nn.Module):
         self.model = nn.Sequential(*model)
 
     def forward(self, x):
+        check_input_size(x, self.stride, "the ResNet generator")
         return self.model(x)
 
 
@@ -115,6 +135,9 @@ class UnetGenerator(nn.Module):
 
     ``unet_256`` has 8 levels (H, W multiples of 256), ``unet_128`` has 7 (multiples of 128). Input and output
     ``(N, C, H, W)`` in [-1, 1].
+
+    Raises:
+        OptionError: (forward) H or W is not a multiple of ``2 ** num_downs``.
     """
 
     def __init__(self, input_nc: int, output_nc: int, num_downs: int, ngf: int = 64, norm_layer=nn.BatchNorm2d,
@@ -133,4 +156,5 @@ class UnetGenerator(nn.Module):
                                              norm_layer=norm_layer)
 
     def forward(self, x):
+        check_input_size(x, self.stride, f"the U-Net generator ({self.stride.bit_length() - 1} levels)")
         return self.model(x)
