@@ -37,7 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow_partial", action="store_true",
                    help="score the pairs that match and report how many were left out, instead of failing")
     p.add_argument("--num_workers", type=int, default=0,
-                   help=f"processes for PSNR/SSIM/stain scoring; 0 = all available cores ({available_cores()} here)")
+                   help=f"processes for PSNR/SSIM/stain scoring; 0 = all available cores ({available_cores()} here), "
+                        "or one process for fewer than eight 1024x1024 pairs' worth of pixels")
     p.add_argument("--dab_threshold", type=float, default=DAB_THRESHOLD_OD,
                    help="DAB optical density above which a pixel counts as DAB-positive")
     p.add_argument("--no_fid", action="store_true", help="do not compute FID/KID")

@@ -6,7 +6,8 @@ Layout written by ``test.py`` (docs/ARCHITECTURE.md): ``<result_path>/<phase>_<e
 Anything else is a :class:`PairingError` listing every problem; with ``allow_partial`` the problems are logged and the
 matching pairs are scored, and the caller reports how many were left out. Nothing is skipped silently.
 
-Only lossless PNG is accepted: a JPEG round trip changes PSNR by several dB.
+Only lossless 8-bit PNG is accepted: a JPEG round trip changes PSNR by several dB, and a 16-bit PNG would be clipped
+to [0, 255] by the 8-bit RGB conversion (Pillow) instead of being scored on its real values.
 """
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from typing import List, Optional, Sequence, Tuple, Union
 
 from PIL import Image
 
-from data.her2 import parse_her2
 from util.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -66,24 +66,40 @@ def _split_role(name: str) -> Tuple[Optional[str], Optional[str], str]:
     return None, None, ext
 
 
+#: Offset of the bit-depth byte in a PNG file: 8-byte signature, IHDR length and type (8), width and height (8).
+_PNG_BIT_DEPTH_OFFSET = 24
+
+
 def _image_size(path: Path) -> Tuple[int, int]:
-    """``(H, W)`` from the image header (no full decode). Raises OSError/ValueError for unreadable files."""
+    """``(H, W)`` from the image header (no full decode).
+
+    Raises:
+        OSError / ValueError: unreadable file, not a PNG, or a bit depth above 8 (PNG spec, IHDR chunk).
+    """
     with Image.open(path) as im:
         if im.format != "PNG":
             raise ValueError(f"format is {im.format}, expected PNG")
         w, h = im.size
+    with open(path, "rb") as f:
+        header = f.read(_PNG_BIT_DEPTH_OFFSET + 1)
+    depth = header[_PNG_BIT_DEPTH_OFFSET]
+    if depth > 8:
+        raise ValueError(f"{depth}-bit PNG; expected 8-bit RGB as test.py writes (converting would clip to 255)")
     return h, w
 
 
 def pair_images(images_dir: PathLike) -> PairingResult:
     """Pair ``*_fake_B.png`` with ``*_real_B.png`` in ``images_dir`` (sorted by stem).
 
-    Problems recorded (one line each): missing real_B, real_B without fake_B, size mismatch, unreadable or non-PNG
-    image. Headers are read here; a file whose header is fine but whose data is corrupt fails later, when scored.
+    Problems recorded (one line each): missing real_B, real_B without fake_B, size mismatch, unreadable, non-PNG or
+    16-bit image, two files for one stem and role (``.png`` / ``.PNG``). Headers are read here; a file whose header
+    is fine but whose data is corrupt fails later, when scored.
 
     Raises:
         PairingError: ``images_dir`` is not a folder.
     """
+    from data.her2 import parse_her2  # here, not at import: the data package imports torch (see metrics.scoring)
+
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise PairingError(f"images folder '{images_dir}' does not exist")
@@ -97,7 +113,11 @@ def pair_images(images_dir: PathLike) -> PairingResult:
             if ext.lower() != ".png":
                 res.problems.append(f"not a PNG (lossy formats change PSNR): {entry.name}")
                 continue
-            (fakes if role == "fake_B" else reals)[stem] = entry
+            found = fakes if role == "fake_B" else reals
+            if stem in found:  # e.g. x_fake_B.png and x_fake_B.PNG: which one to score is ambiguous
+                res.problems.append(f"two {role} files for {stem}: {found[stem].name} and {entry.name}")
+                continue
+            found[stem] = entry
         else:
             if role == "real_A":
                 real_as[stem] = entry
@@ -191,7 +211,8 @@ def resolve_runs(result_path: PathLike, phase: str = "test", epoch: str = "lates
         ``[(experiment_name, run_dir), ...]`` sorted by name; one entry for a single experiment.
 
     Raises:
-        PairingError: ``result_path`` missing, or no matching folder (the message lists the ones that exist).
+        PairingError: ``result_path`` missing, or no matching folder (the message lists the ones that exist, or says
+            to pass the parent when ``result_path`` is a ``<phase>_<epoch>`` folder itself).
     """
     root = Path(result_path)
     if not root.is_dir():
@@ -202,6 +223,9 @@ def resolve_runs(result_path: PathLike, phase: str = "test", epoch: str = "lates
     subs = [(d.name, d / run) for d in sorted(root.iterdir()) if d.is_dir() and (d / run / "images").is_dir()]
     if subs:
         return subs
+    if (root / "images").is_dir():
+        raise PairingError(f"--result_path '{root}' is itself a <phase>_<epoch> folder; pass its parent "
+                           f"'{root.parent}' (with --phase/--epoch matching '{root.name}')")
     have = list_runs(root)
     raise PairingError(
         f"no '{run}/images' folder in '{root}' nor in its sub-folders (--phase {phase} --epoch {epoch}); "

@@ -19,7 +19,6 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from data.her2 import HER2_LEVELS
 from metrics.image_quality import mean_psnr
 from metrics.scoring import PairScore
 from metrics.stain import iod_agreement
@@ -62,6 +61,8 @@ def summarize(scores: Sequence[PairScore], experiment: str, run: str, left_out: 
               dab_threshold_od: Optional[float] = None, fid_kid: Optional[dict] = None,
               extra: Optional[dict] = None) -> Dict[str, object]:
     """Build the ``metrics.json`` dictionary (keys documented in docs/EVALUATION.md)."""
+    from data.her2 import HER2_LEVELS  # here, not at import: the data package imports torch (see metrics.scoring)
+
     res = Counter(f"{s.height}x{s.width}" for s in scores)
     summary: Dict[str, object] = {"experiment": experiment, "run": run}
     summary.update(group_summary(scores))
@@ -149,13 +150,13 @@ def to_markdown(summary: dict) -> str:
     lines.append(f"{summary['n_images']} images, resolution {res_text}; {summary['n_left_out']} left out.")
     lines += ["", "| HER2 | N | PSNR (dB) | SSIM | IOD Pearson r | IOD MAE (OD*px) | DAB+ real | DAB+ fake |",
               "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    rows = [(lv, summary["per_level"][lv]) for lv in HER2_LEVELS]
+    rows = list(summary["per_level"].items())
     if "her2_unknown" in summary:
         rows.append(("unknown", summary["her2_unknown"]))
     rows.append(("**all**", summary))
     for name, g in rows:
         lines.append(f"| {name} | {g['n_images']} | {_fmt(g['psnr'], '.2f')} | {_fmt(g['ssim'], '.4f')} | "
-                     f"{_fmt(g['iod_pearson_r'], '.3f')} | {_fmt(g['iod_mae'], '.4g')} | "
+                     f"{_fmt(g['iod_pearson_r'], '.4f')} | {_fmt(g['iod_mae'], '.4g')} | "
                      f"{_fmt(g['dab_pos_real_mean'], '.3f')} | {_fmt(g['dab_pos_fake_mean'], '.3f')} |")
     lines += ["", fid_kid_text(summary["fid_kid"]), ""]
     if summary["psnr_n_infinite"]:
@@ -190,7 +191,7 @@ def comparison_markdown(summaries: Sequence[dict], run: str) -> str:
         ok = fk.get("status") == "computed"
         res = f"{s['resolution'][0]}x{s['resolution'][1]}" if s["resolution"] else "mixed"
         lines.append(f"| {_md_escape(s['experiment'])} | {s['n_images']} | {res} | {_fmt(s['psnr'], '.2f')} | "
-                     f"{_fmt(s['ssim'], '.4f')} | {_fmt(s['iod_pearson_r'], '.3f')} | {_fmt(s['iod_mae'], '.4g')} | "
+                     f"{_fmt(s['ssim'], '.4f')} | {_fmt(s['iod_pearson_r'], '.4f')} | {_fmt(s['iod_mae'], '.4g')} | "
                      f"{_fmt(fk.get('fid') if ok else None, '.2f')} | {_fmt(fk.get('kid_x1e3') if ok else None, '.2f')} |")
     lines += ["", "Per-experiment details (per HER2 level, stain metrics): `<experiment>/" + run + "/metrics.md`.", ""]
     return "\n".join(lines)

@@ -69,3 +69,35 @@ def test_resolve_single_multi_and_wrong_folder(tmp_path):
     assert "test_5/images" in str(e.value) and "test_latest" in str(e.value)
     with pytest.raises(PairingError, match="not a folder"):
         resolve_runs(tmp_path / "nope")
+    with pytest.raises(PairingError) as e:  # the run folder itself instead of the experiment
+        resolve_runs(tmp_path / "expB" / "val_10", "val", "10")
+    assert "pass its parent" in str(e.value) and str(tmp_path / "expB") in str(e.value)
+
+
+def test_16bit_png_is_a_problem_not_clipped(tmp_path):
+    # Pillow's 8-bit RGB conversion clips 16-bit grey to 255 (and keeps the high byte of 16-bit RGB): refuse both
+    imagecodecs = pytest.importorskip("imagecodecs")
+    grey = (np.arange(16 * 16, dtype=np.uint16).reshape(16, 16) * 200)
+    Image.fromarray(grey).save(tmp_path / "a_fake_B.png")
+    assert Image.open(tmp_path / "a_fake_B.png").mode == "I;16"
+    _png(tmp_path / "a_real_B.png")
+    rgb16 = np.repeat(grey[..., None], 3, axis=2)
+    (tmp_path / "b_fake_B.png").write_bytes(imagecodecs.png_encode(rgb16))
+    assert Image.open(tmp_path / "b_fake_B.png").mode == "RGB"  # Pillow hides the 16 bits
+    _png(tmp_path / "b_real_B.png")
+    _png(tmp_path / "c_fake_B.png")
+    _png(tmp_path / "c_real_B.png")
+    res = pair_images(tmp_path)
+    assert [p.stem for p in res.pairs] == ["c"]
+    text = " ".join(res.problems)
+    assert "a_fake_B.png" in text and "b_fake_B.png" in text and "16-bit PNG" in text
+
+
+def test_two_files_for_one_stem_and_role(tmp_path):
+    _png(tmp_path / "a_fake_B.png", value=0)
+    _png(tmp_path / "a_fake_B.PNG", value=9)  # which one would be scored depended on listing order
+    _png(tmp_path / "a_real_B.png")
+    res = pair_images(tmp_path)
+    assert any("two fake_B files for a" in p for p in res.problems)
+    with pytest.raises(PairingError):
+        check_pairing(res)
