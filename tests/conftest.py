@@ -37,3 +37,19 @@ def train_args(dataroot, ckpt, name="run", model="pix2pix", extra=()):
     return ["--dataroot", str(dataroot), "--checkpoints_dir", str(ckpt), "--name", name, "--model", model,
             "--n_epochs", "1", "--n_epochs_decay", "0", "--seed", "0", "--print_freq", "2", "--display_freq", "2",
             "--netG", "resnet_6blocks", "--preprocess", "none", *TINY, *extra]
+
+
+@pytest.fixture(autouse=True)
+def _isolate_logging():
+    """Entry points configure the root logger (util.logging_setup); undo it after each test so that one test's
+    INFO handler does not leak into another test's captured stderr."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for h in list(root.handlers):
+        if getattr(h, "_virtual_ihc", False):
+            root.removeHandler(h)
+            h.close()
+    root.setLevel(level)
