@@ -5,6 +5,8 @@
 
 Writes ``<results_dir>/<name>/<phase>_<epoch>/images/<stem>_{real_A,fake_B,real_B}.png`` (lossless, the input's
 pixel size) and ``index.html`` with one row per image. The networks are rebuilt from the run's saved training options.
+Inference runs under ``torch.inference_mode()`` and ``--amp`` autocast; ``--batch_size N`` stacks up to N images of
+the same size (images keep their native resolution; differently sized images go into separate batches).
 """
 from __future__ import annotations
 
@@ -13,9 +15,26 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 log = logging.getLogger("test")
+
+
+def collate_same_size(items: list) -> list:
+    """DataLoader ``collate_fn`` for native-resolution batches: split ``items`` into runs of equal image size.
+
+    Returns a list of batches (``torch.utils.data.default_collate`` of each group), groups in the order of their first
+    item and items in their original order within a group, so ``--batch_size`` > 1 never resizes or pads across
+    images of different sizes. Sizes are compared on every tensor entry (``A``, and ``B`` when present).
+    """
+    from torch.utils.data import default_collate
+
+    groups: dict = {}
+    for item in items:
+        key = tuple(tuple(v.shape) for v in item.values() if hasattr(v, "shape"))
+        groups.setdefault(key, []).append(item)
+    return [default_collate(g) for g in groups.values()]
 
 
 def _test(argv: Optional[Sequence[str]]) -> int:
@@ -48,9 +67,16 @@ def _test(argv: Optional[Sequence[str]]) -> int:
         from util.errors import OptionError
 
         raise OptionError(f"--num_test must be >= 1, got {opt.num_test}")
-    loader = data.create_dataloader(opt, dataset, shuffle=False)
+    if opt.batch_size < 1:
+        from util.errors import OptionError
+
+        raise OptionError(f"--batch_size must be >= 1, got {opt.batch_size}")
+    loader = DataLoader(dataset, batch_size=opt.batch_size, shuffle=False, num_workers=opt.num_threads,
+                        collate_fn=collate_same_size, pin_memory=opt.device.type == "cuda")
     model = models.create_model(opt)
     model.setup(opt)
+    if opt.amp != "none":
+        log.info("inference under --amp %s autocast", opt.amp)
     if opt.train_mode_inference:
         model.train()
         log.info("generator in train mode (--train_mode_inference): batch statistics and dropout as the released code")
@@ -64,27 +90,30 @@ def _test(argv: Optional[Sequence[str]]) -> int:
     page = HTMLPage(out_dir, f"{opt.name}: {opt.phase}, epoch {opt.epoch}")
     done = 0
     with tqdm(total=n, desc="test", unit="img", disable=None) as bar:
-        for batch in loader:
-            if done >= n:
-                break
-            model.set_input(batch)
-            model.test()
-            visuals = model.get_current_visuals()
-            paths = model.get_image_paths()
-            for b in range(len(paths)):
+        for groups in loader:
+            for batch in groups:
                 if done >= n:
                     break
-                stem = Path(paths[b]).stem
-                names, labels = [], []
-                for label, t in visuals.items():
-                    fname = f"{stem}_{label}.png"
-                    save_png(tensor_to_uint8(t[b]), img_dir / fname)
-                    names.append(f"images/{fname}")
-                    labels.append(f"{stem} {label}")
-                page.add_header(stem)
-                page.add_images(names, labels, names, width=opt.display_winsize)
-                done += 1
-                bar.update(1)
+                model.set_input(batch)
+                model.test()
+                visuals = model.get_current_visuals()
+                paths = model.get_image_paths()
+                for b in range(len(paths)):
+                    if done >= n:
+                        break
+                    stem = Path(paths[b]).stem
+                    names, labels = [], []
+                    for label, t in visuals.items():
+                        fname = f"{stem}_{label}.png"
+                        save_png(tensor_to_uint8(t[b]), img_dir / fname)
+                        names.append(f"images/{fname}")
+                        labels.append(f"{stem} {label}")
+                    page.add_header(stem)
+                    page.add_images(names, labels, names, width=opt.display_winsize)
+                    done += 1
+                    bar.update(1)
+            if done >= n:
+                break
     page.save()
     log.info("wrote %d of %d results to %s; open %s", done, total, img_dir, out_dir / "index.html")
     return 0

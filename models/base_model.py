@@ -4,6 +4,13 @@ A model declares ``loss_names`` (logged as ``loss_<name>``), ``visual_names`` (t
 ``model_names`` (networks ``net<name>``, saved as ``<epoch>_net_<name>.pth``) and ``optimizers``. Subclasses
 implement ``set_input``, ``forward``, ``compute_D_loss``/``compute_G_loss`` (return tensors, never step) and
 ``optimize_parameters`` (the only place that steps).
+
+Mixed precision and distributed training hooks (see docs/PERFORMANCE.md): inside ``optimize_parameters`` a model
+should call ``self.backward(loss, optimizer)`` instead of ``loss.backward()`` and ``self.step(optimizer)`` instead of
+``optimizer.step()`` (needed for ``--amp fp16`` gradient scaling; exactly the plain calls with ``--amp none``), and
+freeze a network with ``self.set_requires_grad(net, False)`` while another network's loss goes through it (under DDP
+a frozen network is called bare, see :class:`util.distributed.FrozenAwareDDP`). The training loop calls
+:meth:`train_step`, which runs ``optimize_parameters`` under the ``--amp`` autocast.
 """
 from __future__ import annotations
 
@@ -18,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.networks import generator_stride
+from models.amp import AmpState
+from models.networks import generator_extras, generator_stride
 from models.networks.schedulers import get_scheduler
 from models.tta import tta_apply, tta_modes_from_opt
 from util.checkpoint import load_checkpoint, load_network, save_checkpoint, save_network, unwrap
@@ -50,6 +58,7 @@ class BaseModel:
         self.image_paths: list[str] = []
         self.metric = 0.0  # used by the plateau policy
         self.train_mode_inference = bool(getattr(opt, "train_mode_inference", False))
+        self.amp = AmpState(getattr(opt, "amp", "none") or "none", self.device)
 
     # ---- to implement -------------------------------------------------------------------------------------------
     def set_input(self, data: dict) -> None:
@@ -75,6 +84,69 @@ class BaseModel:
             self.load_networks(suffix)
         self.print_networks(getattr(opt, "verbose", False))
 
+    def prepare_networks(self, opt) -> None:
+        """Apply the speed and scale options to every network (call after :meth:`setup`, before resuming optimizers):
+
+        ``--channels_last`` memory format; under torchrun, SyncBatchNorm (CUDA) and :func:`util.distributed.wrap_ddp`
+        for the networks that have an optimizer (training); ``--compile`` (torch.compile, eager fallback with a
+        warning); cuDNN autotuning on CUDA. ``self.net<name>`` is replaced by the wrapped network; parameters are
+        the same objects, checkpoints keep the bare layout (:func:`util.checkpoint.unwrap`).
+        """
+        from util import distributed, fast_paths
+
+        fast_paths.configure_backends(self.device)
+        for name, net in self.networks():
+            if getattr(opt, "channels_last", False):
+                fast_paths.to_channels_last(net)
+            if self.isTrain and distributed.is_distributed():
+                net = distributed.convert_sync_batchnorm(net, self.device)
+            if getattr(opt, "compile", False):
+                net = fast_paths.maybe_compile(net, f"net{name}", self.device)
+            if self.isTrain and distributed.is_distributed():
+                net = distributed.wrap_ddp(net, self.device)
+            setattr(self, "net" + name, net)
+
+    def inputs_to_channels_last(self) -> None:
+        """Convert the input images set by :meth:`set_input` (4-D tensor attributes named ``real_*``, the
+        pix2pix/CycleGAN convention) to channels-last memory format on the model's device (``--channels_last``)."""
+        for name, value in list(vars(self).items()):
+            if name.startswith("real_") and isinstance(value, torch.Tensor) and value.dim() == 4:
+                setattr(self, name, value.contiguous(memory_format=torch.channels_last))
+
+    def bare_network(self, name: str) -> nn.Module:
+        """``net<name>`` without DDP / compile wrappers."""
+        return unwrap(getattr(self, "net" + name))
+
+    # ---- mixed precision hooks ----------------------------------------------------------------------------------
+    def autocast(self):
+        """Context manager: autocast to the ``--amp`` dtype on this model's device (no-op with ``--amp none``)."""
+        return self.amp.autocast()
+
+    def backward(self, loss: torch.Tensor, optimizer: torch.optim.Optimizer, retain_graph: bool = False) -> None:
+        """Back-propagate ``loss`` for ``optimizer``'s parameters: ``loss.backward()`` outside autocast, with the loss
+        scaled by ``optimizer``'s own GradScaler under ``--amp fp16`` (PyTorch AMP recipe)."""
+        self.amp.backward(loss, optimizer, retain_graph=retain_graph)
+
+    def step(self, optimizer: torch.optim.Optimizer) -> None:
+        """``optimizer.step()``; under ``--amp fp16`` unscale, skip the step on inf/NaN gradients, update the scale."""
+        self.amp.step(optimizer)
+
+    def train_step(self) -> None:
+        """One training iteration: ``optimize_parameters()`` under the ``--amp`` autocast.
+
+        Raises:
+            OptionError: ``--amp fp16`` with a model whose ``optimize_parameters`` does not call
+                :meth:`backward` (its gradients could not be scaled and would underflow).
+        """
+        with self.autocast():
+            self.optimize_parameters()
+        if self.amp.uses_scaler and self.amp.hook_calls == 0:
+            from util.errors import OptionError
+
+            raise OptionError(f"--amp fp16: model '{self.model_name}' calls loss.backward() directly instead of "
+                              "self.backward(loss, optimizer), so its gradients cannot be scaled; use --amp bf16 or "
+                              "--amp none")
+
     def eval(self) -> None:
         for _, net in self.networks():
             net.eval()
@@ -84,10 +156,18 @@ class BaseModel:
             net.train()
 
     def test(self) -> None:
-        """Forward pass without gradients (``torch.inference_mode``), then ``compute_visuals``."""
+        """Forward pass without gradients (``torch.inference_mode``, ``--amp`` autocast), then ``compute_visuals``.
+
+        Visuals computed in reduced precision are returned as float32 tensors."""
         with torch.inference_mode():
-            self.forward()
-            self.compute_visuals()
+            with self.autocast():
+                self.forward()
+                self.compute_visuals()
+            if self.amp.enabled:
+                for n in self.visual_names:
+                    v = getattr(self, n, None)
+                    if isinstance(v, torch.Tensor) and v.is_floating_point() and v.dtype != torch.float32:
+                        setattr(self, n, v.float())
 
     def compute_visuals(self) -> None:
         """Extra visuals for display (none by default)."""
@@ -97,7 +177,7 @@ class BaseModel:
 
     # ---- padding for full-resolution inference ------------------------------------------------------------------
     def generator_stride(self) -> int:
-        return generator_stride(self.opt.netG)
+        return generator_stride(self.opt.netG, **generator_extras(self.opt))
 
     def run_generator(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
         """Apply ``net`` to ``x`` ``(N, C, H, W)``; when H or W is not a multiple of the generator's stride (test
@@ -182,6 +262,7 @@ class BaseModel:
             "rng_numpy": {"key": np_state[0], "state": torch.from_numpy(np_state[1].astype(np.int64)),
                           "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached": float(np_state[4])},
             "rng_python": _py_state_to_tensor(random.getstate()),
+            "grad_scalers": self.amp.state_dicts(self.optimizers),
         }
         if torch.cuda.is_available():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
@@ -227,6 +308,7 @@ class BaseModel:
         random.setstate(_py_state_from_tensor(state["rng_python"]))
         if "rng_cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self.amp.load_state_dicts(self.optimizers, state.get("grad_scalers"))
         self.load_extra_state(state)
         return state
 

@@ -58,8 +58,15 @@ class PyramidPix2PixModel(Pix2PixModel):
         check_image_size(height, width, max(self.levels))
 
     def compute_G_loss(self) -> torch.Tensor:
-        """``GAN + sum_k w_k * S_k`` over the pattern's levels (eq. 5); each logged term is weighted."""
-        _, per_level = pyramid_l1(self.fake_B, self.real_B, self.levels)
+        """``GAN + sum_k w_k * S_k`` over the pattern's levels (eq. 5); each logged term is weighted.
+
+        Under ``--amp`` the pyramid is built in float32 with autocast off (a loss, as the PyTorch AMP recipe keeps
+        reductions in float32)."""
+        if self.amp.enabled:
+            with torch.autocast(device_type=self.device.type, enabled=False):
+                _, per_level = pyramid_l1(self.fake_B.float(), self.real_B.float(), self.levels)
+        else:
+            _, per_level = pyramid_l1(self.fake_B, self.real_B, self.levels)
         total = self.gan_loss_G()
         for k, w, s in zip(self.levels, self.level_weights, per_level):
             term = s * w

@@ -37,4 +37,21 @@ def add_train_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--pool_size", type=int, default=50, help="size of the image buffer of previously generated images")
     g.add_argument("--lr_policy", default="linear", choices=LR_POLICIES, help="learning rate policy")
     g.add_argument("--lr_decay_iters", type=int, default=50, help="multiply by a gamma every lr_decay_iters epochs (step)")
+    add_speed_options(parser, is_train=True)
+    return parser
+
+
+def add_speed_options(parser: argparse.ArgumentParser, is_train: bool) -> argparse.ArgumentParser:
+    """``--amp`` (both phases); ``--channels_last`` and ``--compile`` (training). See docs/PERFORMANCE.md."""
+    from models.amp import AMP_MODES
+
+    g = parser.add_argument_group("speed and scale (docs/PERFORMANCE.md)")
+    g.add_argument("--amp", default="none", choices=AMP_MODES,
+                   help="mixed precision: none = float32; bf16 = bfloat16 autocast (CPU and Ampere+ GPUs); fp16 = "
+                        "float16 autocast with a gradient scaler per optimizer")
+    if is_train:
+        g.add_argument("--channels_last", action="store_true",
+                       help="channels-last (NHWC) memory format for networks and batches (faster convolutions)")
+        g.add_argument("--compile", action="store_true",
+                       help="torch.compile the networks (slow first steps; eager mode with a warning where it cannot)")
     return parser

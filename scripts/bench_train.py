@@ -1,0 +1,365 @@
+"""Training-step benchmark: steps/s, images/s and peak memory per model, image size and speed option.
+
+    python scripts/bench_train.py                                   # small default (a few minutes on 2 CPU cores)
+    python scripts/bench_train.py --models pyramidpix2pix,pyramidpix2pix_L1 --sizes 256,512 \\
+        --options eager,channels_last,compile,channels_last+compile --steps 5 --repeats 3 --out bench.md
+    python scripts/bench_train.py --device cuda --sizes 1024 --options eager,bf16,bf16+channels_last
+    python scripts/bench_train.py --device cuda --nproc 2 ...       # DDP through torchrun, images/s of the job
+    python scripts/bench_train.py ... --readme README.md            # table between <!-- bench:start/end -->
+
+Every configuration runs in a fresh subprocess (peak memory of that configuration alone: CPU peak RSS from
+``resource.getrusage``, GPU ``torch.cuda.max_memory_allocated``) on synthetic inputs in [-1, 1], through the same
+code path as train.py (``BaseModel.prepare_networks`` + ``train_step``). ``--warmup`` steps (compilation, oneDNN /
+cuDNN autotuning, allocator) are not timed; then ``--steps`` steps are timed one by one (CUDA synchronised) and the
+median is kept. The CPU time of the process per step (``time.process_time``, all threads) is reported too: on a
+shared machine it varies less than wall time. ``--repeats R`` runs all configurations R times, interleaved (config 1, 2, ..., 1, 2, ...), and
+reports the median of the R medians, so a noisy shared machine affects every configuration alike.
+
+Models: ``pix2pix`` (U-Net 256, batch 1), ``pyramidpix2pix`` (pattern L1_L2_L3_L4, resnet_9blocks, batch 2, the
+BCI recipe), ``pyramidpix2pix_L1`` (the same networks and batch with the L1 term only = pix2pix on the pyramid's
+networks; their ratio is the pyramid's cost), ``cycle_gan``, ``pix2pixhd`` (without the VGG loss: no weights offline);
+models whose module is missing are listed as unavailable. Options: ``eager`` (float32 baseline) or ``+``-joined
+``channels_last``, ``compile``, ``bf16``, ``fp16``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional, Sequence
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+log = logging.getLogger("bench_train")
+
+MODELS = {
+    "pix2pix": ["--model", "pix2pix"],
+    "pyramidpix2pix": ["--model", "pyramidpix2pix", "--pattern", "L1_L2_L3_L4"],
+    "pyramidpix2pix_L1": ["--model", "pyramidpix2pix", "--pattern", "L1"],
+    "cycle_gan": ["--model", "cycle_gan"],
+    "pix2pixhd": ["--model", "pix2pixhd", "--no_vgg_loss"],
+}
+OPTION_FLAGS = {"eager": [], "fp32": [], "channels_last": ["--channels_last"], "compile": ["--compile"],
+                "bf16": ["--amp", "bf16"], "fp16": ["--amp", "fp16"]}
+MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def option_flags(option: str) -> List[str]:
+    """train.py flags of an option string such as ``channels_last+compile`` (raises OptionError if unknown)."""
+    from util.errors import OptionError
+
+    flags: List[str] = []
+    for token in option.split("+"):
+        if token not in OPTION_FLAGS:
+            raise OptionError(f"--options: unknown option {token!r} in {option!r}; valid: {', '.join(OPTION_FLAGS)} "
+                              "joined with '+'")
+        flags += OPTION_FLAGS[token]
+    return flags
+
+
+# ------------------------------------------------------------------------------------------------ worker (one config)
+def _peak_rss_mib() -> float:
+    # Linux reports ru_maxrss in KiB, macOS in bytes
+    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return r / (1024 * 1024) if sys.platform == "darwin" else r / 1024
+
+
+def run_worker(args) -> dict:
+    """Build the model of one configuration, run warmup + timed steps on synthetic data; return the measurements."""
+    import torch
+
+    import models
+    import options
+    from util import distributed
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    argv = [*MODELS[args.model_key], *option_flags(args.option), "--dataroot", str(REPO / "nonexistent"),
+            "--checkpoints_dir", str(Path(args.tmp) / "ck"), "--name", "bench", "--display_id", "0",
+            "--gpu_ids", "0" if args.device == "cuda" else "-1", "--seed", "0", "--ngf", str(args.ngf),
+            "--ndf", str(args.ndf)]
+    if args.batch_size:
+        argv += ["--batch_size", str(args.batch_size)]
+    opt = options.parse_train(argv)
+    info = distributed.init_from_env(opt)
+    try:
+        options.seed_everything(opt.seed)
+        model = models.create_model(opt)
+        model.setup(opt)
+        model.prepare_networks(opt)
+        model.train()
+        device = opt.device
+        b, s = opt.batch_size, args.size
+        gen = torch.Generator().manual_seed(info.rank)
+        batch = {"A": torch.rand(b, opt.input_nc, s, s, generator=gen) * 2 - 1,
+                 "B": torch.rand(b, opt.output_nc, s, s, generator=gen) * 2 - 1,
+                 "A_paths": [f"a{i}.png" for i in range(b)], "B_paths": [f"b{i}.png" for i in range(b)],
+                 "her2": ["0"] * b}
+
+        def sync():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        times, cpu_times = [], []
+        t_first = None
+        for i in range(args.warmup + args.steps):
+            sync()
+            t0, c0 = time.perf_counter(), time.process_time()
+            model.set_input(batch)
+            if opt.channels_last:
+                model.inputs_to_channels_last()
+            model.train_step()
+            sync()
+            dt = time.perf_counter() - t0
+            if i == 0:
+                t_first = dt
+            if i >= args.warmup:
+                times.append(dt)
+                cpu_times.append(time.process_time() - c0)
+        losses = model.get_current_losses()
+        distributed.barrier()
+        return {"model": args.model_key, "size": s, "option": args.option, "batch": b, "world": info.world_size,
+                "device": str(device.type), "times": times, "cpu_times": cpu_times, "first_step_s": t_first,
+                "peak_rss_mib": _peak_rss_mib(),
+                "peak_cuda_mib": (torch.cuda.max_memory_allocated(device) / 2 ** 20) if device.type == "cuda" else None,
+                "finite": all(v == v and abs(v) != float("inf") for v in losses.values()),
+                "threads": torch.get_num_threads(), "rank": info.rank}
+    finally:
+        distributed.cleanup()
+
+
+# ------------------------------------------------------------------------------------------------ driver
+def _worker_cmd(args, model_key: str, size: int, option: str) -> List[str]:
+    base = [str(Path(__file__).resolve()), "--worker", "--model_key", model_key, "--size", str(size),
+            "--option", option, "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
+            "--ngf", str(args.ngf), "--ndf", str(args.ndf), "--tmp", args.tmp, "--threads", str(args.threads)]
+    if args.batch_size:
+        base += ["--batch_size", str(args.batch_size)]
+    if args.nproc > 1:
+        return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
+                *base]
+    return [sys.executable, *base]
+
+
+def _run_config(args, model_key: str, size: int, option: str) -> dict:
+    cmd = _worker_cmd(args, model_key, size, option)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(k, None)
+    try:
+        r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.timeout)
+    except subprocess.TimeoutExpired:
+        return {"model": model_key, "size": size, "option": option, "error": f"timed out after {args.timeout} s"}
+    results = [json.loads(line[len("BENCH_RESULT "):]) for line in r.stdout.splitlines()
+               if line.startswith("BENCH_RESULT ")]
+    if r.returncode != 0 or not results:
+        tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"model": model_key, "size": size, "option": option, "error": f"exit {r.returncode}: {tail}"}
+    main = next((x for x in results if x.get("rank") == 0), results[0])
+    if len(results) > 1:  # DDP: peak memory of the largest process
+        main["peak_rss_mib"] = max(x["peak_rss_mib"] for x in results)
+    return main
+
+
+def _model_available(model_key: str) -> Optional[str]:
+    import models
+    from util.errors import UserError
+
+    try:
+        models.find_model_using_name(MODELS[model_key][1])
+        return None
+    except (ImportError, UserError) as e:
+        return f"{type(e).__name__}: {e}"
+
+
+def summarize(runs: List[dict]) -> List[dict]:
+    """Group runs by (model, size, option): median step time over repeats (each run: median over its steps)."""
+    groups: dict = {}
+    for r in runs:
+        groups.setdefault((r["model"], r["size"], r["option"]), []).append(r)
+    rows = []
+    for (model, size, option), rs in groups.items():
+        ok = [r for r in rs if "error" not in r]
+        row = {"model": model, "size": size, "option": option, "runs": len(ok)}
+        if not ok:
+            row["error"] = rs[-1].get("error", "failed")
+        else:
+            meds = [statistics.median(r["times"]) for r in ok]
+            step = statistics.median(meds)
+            world = ok[0].get("world", 1)
+            row.update(step_s=step, steps_per_s=1.0 / step, images_per_s=ok[0]["batch"] * world / step,
+                       batch=ok[0]["batch"], world=world, peak_rss_mib=max(r["peak_rss_mib"] for r in ok),
+                       peak_cuda_mib=ok[0].get("peak_cuda_mib"), first_step_s=statistics.median(
+                           [r["first_step_s"] for r in ok]), spread=(min(meds), max(meds)),
+                       finite=all(r.get("finite", True) for r in ok))
+            cpu = [statistics.median(r["cpu_times"]) for r in ok if r.get("cpu_times")]
+            row["cpu_s"] = statistics.median(cpu) if cpu else None
+        rows.append(row)
+    for row in rows:
+        base = next((x for x in rows if x["model"] == row["model"] and x["size"] == row["size"]
+                     and x["option"] in ("eager", "fp32") and "step_s" in x), None)
+        if base is not None and "step_s" in row:
+            row["speedup"] = base["step_s"] / row["step_s"]
+    return rows
+
+
+def to_markdown(rows: List[dict], header: str) -> str:
+    lines = [header, "",
+             "| model | size | option | batch x procs | step (s) | steps/s | images/s | speedup vs eager | CPU s/step "
+             "| peak RSS (MiB) | peak GPU (MiB) | first step (s) | runs (min-max step) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['model']} | {r['size']} | {r['option']} | - | failed: {r['error'][:80]} "
+                         "| | | | | | | | |")
+            continue
+        gpu = f"{r['peak_cuda_mib']:.0f}" if r.get("peak_cuda_mib") is not None else "-"
+        sp = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
+        nan = "" if r["finite"] else " (non-finite loss!)"
+        cpu = f"{r['cpu_s']:.2f}" if r.get("cpu_s") is not None else "-"
+        lines.append(f"| {r['model']} | {r['size']} | {r['option']}{nan} | {r['batch']} x {r['world']} | "
+                     f"{r['step_s']:.3f} | {r['steps_per_s']:.3f} | {r['images_per_s']:.2f} | {sp} | {cpu} | "
+                     f"{r['peak_rss_mib']:.0f} | {gpu} | {r['first_step_s']:.1f} | {r['runs']} "
+                     f"({r['spread'][0]:.3f}-{r['spread'][1]:.3f}) |")
+    pyr = []
+    for r in rows:
+        if r["model"] == "pyramidpix2pix" and "step_s" in r:
+            ref = next((x for x in rows if x["model"] == "pyramidpix2pix_L1" and x["size"] == r["size"]
+                        and x["option"] == r["option"] and "step_s" in x), None)
+            if ref is not None:
+                pyr.append(f"| {r['size']} | {r['option']} | {ref['step_s']:.3f} | {r['step_s']:.3f} | "
+                           f"{100 * (r['step_s'] / ref['step_s'] - 1):+.1f}% |")
+    if pyr:
+        lines += ["", "Pyramid cost (L1_L2_L3_L4 vs L1 only, same networks and batch):", "",
+                  "| size | option | L1 step (s) | L1_L2_L3_L4 step (s) | overhead |", "|---|---|---|---|---|", *pyr]
+    return "\n".join(lines) + "\n"
+
+
+def insert_into_readme(readme: Path, table: str) -> None:
+    """Replace the text between the bench markers of ``readme`` by ``table`` (atomic write).
+
+    Raises:
+        DataError: the file lacks the markers ``<!-- bench:start -->`` / ``<!-- bench:end -->`` (in that order).
+    """
+    from util.errors import DataError
+    from util.fileio import atomic_write_text
+
+    text = readme.read_text(encoding="utf-8")
+    i, j = text.find(MARK_START), text.find(MARK_END)
+    if i < 0 or j < i:
+        raise DataError(f"'{readme}' has no '{MARK_START}' ... '{MARK_END}' markers to put the benchmark table "
+                        "between (--readme)")
+    atomic_write_text(readme, text[:i + len(MARK_START)] + "\n" + table + text[j:])
+
+
+def _csv(text: str) -> List[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--models", default="pyramidpix2pix,pyramidpix2pix_L1",
+                   help=f"comma-separated, from {', '.join(MODELS)}")
+    p.add_argument("--sizes", default="256", help="comma-separated square image sizes in px (e.g. 256,512,1024)")
+    p.add_argument("--options", default="eager,channels_last",
+                   help="comma-separated; each 'eager' or '+'-joined channels_last, compile, bf16, fp16")
+    p.add_argument("--steps", type=int, default=3, help="timed steps per run (median kept)")
+    p.add_argument("--warmup", type=int, default=1, help="untimed steps first (use >= 2 with compile)")
+    p.add_argument("--repeats", type=int, default=1, help="interleaved repetitions of every configuration")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--nproc", type=int, default=1, help="processes per configuration (torchrun DDP when > 1)")
+    p.add_argument("--batch_size", type=int, default=0, help="per process; 0 = each model's default")
+    p.add_argument("--ngf", type=int, default=64)
+    p.add_argument("--ndf", type=int, default=64)
+    p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in each run (0 = PyTorch default)")
+    p.add_argument("--timeout", type=int, default=1800, help="seconds allowed per run")
+    p.add_argument("--out", type=Path, default=None, help="write the markdown table here (atomic)")
+    p.add_argument("--json", type=Path, default=None, help="write every run's raw measurements here (atomic)")
+    p.add_argument("--readme", type=Path, default=None,
+                   help=f"also put the table into this file between {MARK_START} and {MARK_END}")
+    p.add_argument("--tmp", default="/tmp/bench_train", help="scratch folder of the runs")
+    # internal: one configuration
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--model_key", help=argparse.SUPPRESS)
+    p.add_argument("--size", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--option", help=argparse.SUPPRESS)
+    return p
+
+
+def _main(argv: Sequence[str]) -> int:
+    from util.errors import OptionError
+    from util.fileio import atomic_write_text
+    from util.logging_setup import setup_logging
+
+    args = build_parser().parse_args(list(argv))
+    if args.worker:
+        logging.basicConfig(level=logging.WARNING)
+        print("BENCH_RESULT " + json.dumps(run_worker(args)), flush=True)
+        return 0
+    setup_logging(False)
+    models_, sizes, opts = _csv(args.models), [int(s) for s in _csv(args.sizes)], _csv(args.options)
+    for m in models_:
+        if m not in MODELS:
+            raise OptionError(f"--models: unknown model {m!r}; valid: {', '.join(MODELS)}")
+    for o in opts:
+        option_flags(o)
+    if args.steps < 1 or args.warmup < 0 or args.repeats < 1 or args.nproc < 1:
+        raise OptionError("--steps and --repeats must be >= 1, --warmup >= 0, --nproc >= 1")
+    configs, runs = [], []
+    for m in models_:
+        why = _model_available(m)
+        if why:
+            log.warning("model %s is not available (%s): skipped", m, why)
+            runs.append({"model": m, "size": 0, "option": "-", "error": f"not available: {why}"})
+            continue
+        configs += [(m, s, o) for s in sizes for o in opts]
+    t0 = time.time()
+    for rep in range(args.repeats):
+        for k, (m, s, o) in enumerate(configs):
+            log.info("repeat %d/%d, run %d/%d: %s %d px %s", rep + 1, args.repeats, k + 1, len(configs), m, s, o)
+            r = _run_config(args, m, s, o)
+            if "error" in r:
+                log.warning("%s %d px %s failed: %s", m, s, o, r["error"])
+            else:
+                log.info("  median step %.3f s (steps %s), peak RSS %.0f MiB", statistics.median(r["times"]),
+                         ", ".join(f"{t:.3f}" for t in r["times"]), r["peak_rss_mib"])
+            runs.append(r)
+    import platform
+
+    import torch
+
+    header = (f"Training step benchmark (`scripts/bench_train.py`, {args.device}, {args.nproc} process(es), "
+              f"torch {torch.__version__}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
+              f"ngf/ndf {args.ngf}/{args.ndf}; {args.warmup} warmup + {args.steps} timed steps, "
+              f"{args.repeats} interleaved repeat(s), medians; {time.strftime('%Y-%m-%d')}, {time.time() - t0:.0f} s)")
+    table = to_markdown(summarize(runs), header)
+    sys.stdout.write(table)
+    if args.out:
+        atomic_write_text(args.out, table)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(runs, indent=1) + "\n")
+    if args.readme:
+        insert_into_readme(args.readme, table)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point; returns 0, or 2 with one stderr line on bad options or files."""
+    from util.logging_setup import run_cli
+
+    return run_cli(_main, sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

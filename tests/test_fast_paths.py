@@ -1,0 +1,162 @@
+"""Fast paths: channels-last (same numerics, same checkpoints), torch.compile fallback, test.py batches of same-size
+images with --amp, and the training benchmark script (table, README markers, one real tiny run)."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import default_collate
+
+import options
+import test as test_script
+import train
+from models.pix2pix_model import Pix2PixModel
+from scripts import bench_train
+from tests.conftest import TINY, train_args
+from util import fast_paths
+from util.checkpoint import load_network, save_network
+from util.errors import DataError, OptionError
+
+
+def _model(extra=()):
+    opt = options.parse_train(["--model", "pix2pix", "--netG", "resnet_6blocks", "--norm", "batch", "--no_dropout",
+                               "--checkpoints_dir", "/nonexistent", *TINY, *extra])
+    torch.manual_seed(0)
+    m = Pix2PixModel(opt)
+    m.setup(opt)
+    return m, opt
+
+
+def _batch(seed=0, size=32):
+    g = torch.Generator().manual_seed(seed)
+    return {"A": torch.rand(2, 3, size, size, generator=g) * 2 - 1, "B": torch.rand(2, 3, size, size, generator=g) * 2 - 1,
+            "A_paths": ["a", "b"], "B_paths": ["a", "b"]}
+
+
+def test_channels_last_same_numerics_and_checkpoint_layout(tmp_path):
+    plain, _ = _model()
+    fast, opt = _model(["--channels_last"])
+    fast.prepare_networks(opt)
+    conv = fast.netG.model[1]
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert fast.optimizer_G.param_groups[0]["params"][0] is fast.netG.model[1].weight  # same Parameter objects
+    for step in range(2):
+        plain.set_input(_batch(step))
+        plain.train_step()
+        fast.set_input(_batch(step))
+        fast.inputs_to_channels_last()
+        assert fast.real_A.is_contiguous(memory_format=torch.channels_last)
+        fast.train_step()
+    for (k, a), b in zip(plain.netG.state_dict().items(), fast.netG.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5, msg=k)
+    # a channels-last network saves the classic state dict and loads into a plain network
+    save_network(fast.netG, tmp_path / "G.pth")
+    fresh, _ = _model()
+    load_network(fresh.netG, tmp_path / "G.pth")
+    for (k, a), b in zip(fresh.netG.state_dict().items(), fast.netG.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_compile_unavailable_falls_back_to_eager_with_warning(monkeypatch, caplog, sample_bci, tmp_path):
+    monkeypatch.setattr(fast_paths, "compile_support", lambda device: (False, "no toolchain (test)"))
+    caplog.set_level(logging.WARNING)
+    net = torch.nn.Conv2d(1, 1, 1)
+    assert fast_paths.maybe_compile(net, "netX", torch.device("cpu")) is net
+    assert any("no toolchain (test)" in r.getMessage() and "eager" in r.getMessage() for r in caplog.records)
+    # train.py --compile still trains and writes plain checkpoints
+    ck = tmp_path / "ck"
+    assert train.main(train_args(sample_bci, ck, extra=["--compile", "--channels_last", "--max_dataset_size", "2"])) == 0
+    sd = torch.load(ck / "run" / "latest_net_G.pth", weights_only=True)
+    assert not any(k.startswith(("module.", "_orig_mod.")) for k in sd)
+
+
+def test_collate_same_size_groups_in_order():
+    items = [{"A": torch.full((3, 4, 4), float(i)), "A_paths": f"p{i}"} for i in range(2)]
+    items.insert(1, {"A": torch.zeros(3, 5, 4), "A_paths": "odd"})
+    groups = test_script.collate_same_size(items)
+    assert len(groups) == 2
+    ref = default_collate([items[0], items[2]])
+    assert torch.equal(groups[0]["A"], ref["A"]) and groups[0]["A_paths"] == ["p0", "p1"]
+    assert groups[1]["A_paths"] == ["odd"] and groups[1]["A"].shape == (1, 3, 5, 4)
+
+
+@pytest.fixture(scope="module")
+def trained(sample_bci, tmp_path_factory):
+    ck = tmp_path_factory.mktemp("ck")
+    assert train.main(train_args(sample_bci, ck, name="p2p", extra=["--max_dataset_size", "2", "--norm", "batch"])) == 0
+    return ck
+
+
+def _mixed_sizes(sample_bci, root):
+    for d in ("HE", "IHC"):
+        (root / d / "test").mkdir(parents=True)
+        files = sorted((sample_bci / d / "test").iterdir())
+        for i, f in enumerate(files):
+            img = Image.open(f)
+            (img.crop((0, 0, 61, 45)) if i == 1 else img).save(root / d / "test" / f.name)
+    return root
+
+
+def _run_test(root, ck, out, extra=()):
+    args = ["--dataroot", str(root), "--checkpoints_dir", str(ck), "--name", "p2p", "--results_dir", str(out),
+            "--num_threads", "0", *extra]
+    assert test_script.main(args) == 0
+    d = out / "p2p" / "test_latest" / "images"
+    return {p.name: np.asarray(Image.open(p)).astype(int) for p in sorted(d.glob("*_fake_B.png"))}
+
+
+def test_test_batches_of_same_size_and_amp(sample_bci, trained, tmp_path):
+    root = _mixed_sizes(sample_bci, tmp_path / "mixed")
+    one = _run_test(root, trained, tmp_path / "b1")
+    three = _run_test(root, trained, tmp_path / "b3", ["--batch_size", "3"])
+    assert one.keys() == three.keys() and len(one) == 3
+    assert {a.shape for a in three.values()} == {(64, 64, 3), (45, 61, 3)}  # native sizes kept
+    for k in one:  # eval-mode batch norm: each image's result does not depend on its batch mates
+        assert np.abs(one[k] - three[k]).max() <= 1, k
+    bf = _run_test(root, trained, tmp_path / "bf", ["--batch_size", "3", "--amp", "bf16"])
+    assert bf.keys() == one.keys()
+    for k in one:  # bfloat16 inference: close to float32 (a few 8-bit levels), not identical
+        assert bf[k].shape == one[k].shape and np.abs(bf[k] - one[k]).mean() < 4, k
+
+
+def test_bench_option_parsing_summary_and_readme(tmp_path):
+    assert bench_train.option_flags("channels_last+bf16") == ["--channels_last", "--amp", "bf16"]
+    with pytest.raises(OptionError, match="fast"):
+        bench_train.option_flags("fast")
+    runs = [{"model": "pyramidpix2pix_L1", "size": 256, "option": "eager", "batch": 2, "times": t,
+             "first_step_s": 1.0, "peak_rss_mib": 100.0} for t in ([2.0, 2.2, 9.0], [2.1, 2.1, 2.1], [3.0, 3.0])]
+    runs += [{"model": "pyramidpix2pix_L1", "size": 256, "option": "channels_last", "batch": 2, "times": [1.6],
+              "first_step_s": 1.0, "peak_rss_mib": 120.0},
+             {"model": "pyramidpix2pix", "size": 256, "option": "eager", "batch": 2, "times": [2.31],
+              "first_step_s": 1.0, "peak_rss_mib": 100.0}]
+    rows = {(r["model"], r["option"]): r for r in bench_train.summarize(runs)}
+    base = rows[("pyramidpix2pix_L1", "eager")]
+    assert base["step_s"] == pytest.approx(2.2)  # median of the run medians 2.2, 2.1, 3.0
+    assert base["images_per_s"] == pytest.approx(2 / 2.2)
+    assert rows[("pyramidpix2pix_L1", "channels_last")]["speedup"] == pytest.approx(2.2 / 1.6)
+    table = bench_train.to_markdown(list(rows.values()), "header")
+    assert "+5.0%" in table  # pyramid overhead 2.31 / 2.2 - 1
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:start -->\nold\n<!-- bench:end -->\nend\n")
+    bench_train.insert_into_readme(readme, table)
+    text = readme.read_text()
+    assert "old" not in text and text.startswith("intro\n<!-- bench:start -->\nheader") and text.endswith("end\n")
+    (tmp_path / "bare.md").write_text("no markers")
+    with pytest.raises(DataError, match="bench:start"):
+        bench_train.insert_into_readme(tmp_path / "bare.md", table)
+
+
+def test_bench_worker_measures_one_tiny_configuration(tmp_path):
+    # the body of one benchmark subprocess, run in-process (the driver only adds the subprocess and the table)
+    args = bench_train.build_parser().parse_args(
+        ["--worker", "--model_key", "pyramidpix2pix", "--size", "32", "--option", "channels_last+bf16", "--ngf", "8",
+         "--ndf", "8", "--steps", "2", "--warmup", "0", "--tmp", str(tmp_path)])
+    r = bench_train.run_worker(args)
+    assert r["batch"] == 2 and r["world"] == 1 and len(r["times"]) == 2 and all(t > 0 for t in r["times"])
+    assert len(r["cpu_times"]) == 2 and all(t > 0 for t in r["cpu_times"])
+    assert r["finite"] and r["peak_rss_mib"] > 50 and r["peak_cuda_mib"] is None
+    row = bench_train.summarize([r])[0]
+    assert row["step_s"] == pytest.approx(sorted(r["times"])[0] / 2 + sorted(r["times"])[1] / 2)
