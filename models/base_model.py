@@ -131,6 +131,35 @@ class BaseModel:
         """``optimizer.step()``; under ``--amp fp16`` unscale, skip the step on inf/NaN gradients, update the scale."""
         self.amp.step(optimizer)
 
+    def gan_iteration(self, netsD, d_first: bool = True) -> None:
+        """One GAN training iteration shared by the models: ``forward()``, then a discriminator step and a generator
+        step, in pix2pix order (``d_first``) or CycleGAN order (G first). Losses come from ``compute_D_loss()`` /
+        ``compute_G_loss()`` under the ``--amp`` autocast; back-propagation and steps go through :meth:`backward` /
+        :meth:`step` (fp16 loss scaling). The discriminators are frozen during the G step, so under DDP the G loss
+        goes through the bare D and no D gradient is expected. Call it from ``optimize_parameters()`` only."""
+        with self.autocast():
+            self.forward()
+
+        def d_step():
+            self.set_requires_grad(netsD, True)
+            self.optimizer_D.zero_grad(set_to_none=True)
+            with self.autocast():
+                loss = self.compute_D_loss()
+            self.backward(loss, self.optimizer_D)
+            self.step(self.optimizer_D)
+
+        def g_step():
+            self.set_requires_grad(netsD, False)
+            self.optimizer_G.zero_grad(set_to_none=True)
+            with self.autocast():
+                loss = self.compute_G_loss()
+            self.backward(loss, self.optimizer_G)
+            self.step(self.optimizer_G)
+
+        for stage in ((d_step, g_step) if d_first else (g_step, d_step)):
+            stage()
+        self.set_requires_grad(netsD, True)
+
     def train_step(self) -> None:
         """One training iteration: ``optimize_parameters()`` under the ``--amp`` autocast.
 

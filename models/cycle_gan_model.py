@@ -164,15 +164,8 @@ class CycleGANModel(BaseModel):
 
     # ---- the only place that steps (CycleGAN order: G with D frozen, then D) ---------------------------------
     def optimize_parameters(self) -> None:
-        self.forward()
-        self.set_requires_grad([self.netD_A, self.netD_B], False)
-        self.optimizer_G.zero_grad(set_to_none=True)
-        self.compute_G_loss().backward()
-        self.optimizer_G.step()
-        self.set_requires_grad([self.netD_A, self.netD_B], True)
-        self.optimizer_D.zero_grad(set_to_none=True)
-        self.compute_D_loss().backward()
-        self.optimizer_D.step()
+        """G_A and G_B with D_A and D_B frozen, then D_A and D_B, see :meth:`BaseModel.gan_iteration`."""
+        self.gan_iteration([self.netD_A, self.netD_B], d_first=False)
 
     # ---- exact resume: the image pools ------------------------------------------------------------------------
     def extra_state(self) -> dict:

@@ -85,20 +85,5 @@ class Pix2PixModel(BaseModel):
 
     # ---- the only place that steps ----------------------------------------------------------------------------
     def optimize_parameters(self) -> None:
-        """One D step then one G step (pix2pix order). Forward passes and losses run under ``--amp`` autocast,
-        backward and steps through :meth:`BaseModel.backward` / :meth:`BaseModel.step` (fp16 loss scaling). D is
-        frozen during the G step, so under DDP the G loss goes through the bare D (no D gradient expected)."""
-        with self.autocast():
-            self.forward()
-        self.set_requires_grad(self.netD, True)
-        self.optimizer_D.zero_grad(set_to_none=True)
-        with self.autocast():
-            loss_D = self.compute_D_loss()
-        self.backward(loss_D, self.optimizer_D)
-        self.step(self.optimizer_D)
-        self.set_requires_grad(self.netD, False)
-        self.optimizer_G.zero_grad(set_to_none=True)
-        with self.autocast():
-            loss_G = self.compute_G_loss()
-        self.backward(loss_G, self.optimizer_G)
-        self.step(self.optimizer_G)
+        """One D step then one G step (pix2pix order), see :meth:`BaseModel.gan_iteration`."""
+        self.gan_iteration([self.netD], d_first=True)

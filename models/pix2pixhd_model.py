@@ -189,12 +189,5 @@ class Pix2PixHDModel(BaseModel):
 
     # ---- the only place that steps ----------------------------------------------------------------------------
     def optimize_parameters(self) -> None:
-        self.forward()
-        self.set_requires_grad(self.netD, True)
-        self.optimizer_D.zero_grad(set_to_none=True)
-        self.compute_D_loss().backward()
-        self.optimizer_D.step()
-        self.set_requires_grad(self.netD, False)
-        self.optimizer_G.zero_grad(set_to_none=True)
-        self.compute_G_loss().backward()
-        self.optimizer_G.step()
+        """One D step then one G step (pix2pixHD order), see :meth:`BaseModel.gan_iteration`."""
+        self.gan_iteration([self.netD], d_first=True)
