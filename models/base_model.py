@@ -62,7 +62,13 @@ class BaseModel:
 
     # ---- to implement -------------------------------------------------------------------------------------------
     def set_input(self, data: dict) -> None:
-        raise NotImplementedError
+        """Unpack a batch from the data loader: ``A`` ``(N, input_nc, H, W)`` and, when present, ``B``
+        ``(N, output_nc, H, W)``, both in [-1, 1], plus ``A_paths`` and ``her2`` (metadata). The dataset has already
+        applied ``--direction``: ``A`` is always the network's input."""
+        self.real_A = data["A"].to(self.device, non_blocking=True)
+        self.real_B = data["B"].to(self.device, non_blocking=True) if "B" in data else None
+        self.image_paths = data["A_paths"]
+        self.her2 = data.get("her2")
 
     def forward(self) -> None:
         raise NotImplementedError

@@ -105,13 +105,6 @@ class CycleGANModel(BaseModel):
             self.model_names = ["G_A"]
             self.visual_names = ["real_A", "fake_B", "real_B"]
 
-    def set_input(self, data: dict) -> None:
-        """Unpack a batch (``A``, ``B`` (optional at test time), ``A_paths``, ``B_paths``, ``her2``)."""
-        self.real_A = data["A"].to(self.device, non_blocking=True)
-        self.real_B = data["B"].to(self.device, non_blocking=True) if "B" in data else None
-        self.image_paths = data["A_paths"]
-        self.her2 = data.get("her2")
-
     def forward(self) -> None:
         """``fake_B = G_A(A)``, ``rec_A = G_B(fake_B)``, ``fake_A = G_B(B)``, ``rec_B = G_A(fake_A)`` (training);
         at test time only what the built generators allow, padded to the generator's stride."""

@@ -43,14 +43,6 @@ class Pix2PixModel(BaseModel):
             self.optimizer_D = torch.optim.Adam(self.netD.parameters(), lr=opt.lr, betas=(opt.beta1, 0.999))
             self.optimizers = [self.optimizer_G, self.optimizer_D]
 
-    def set_input(self, data: dict) -> None:
-        """Unpack a batch from the data loader (``A``, ``B``, ``A_paths``, ``B_paths``; ``her2`` kept as metadata)."""
-        # the dataset has already applied --direction: A is always the network's input
-        self.real_A = data["A"].to(self.device, non_blocking=True)
-        self.real_B = data["B"].to(self.device, non_blocking=True)
-        self.image_paths = data["A_paths"]
-        self.her2 = data.get("her2")
-
     def forward(self) -> None:
         """``fake_B = G(real_A)``; at test time padded to the generator's stride and cropped back."""
         if self.isTrain and self.netG.training:

@@ -27,6 +27,7 @@ from torch import nn
 
 from models import register
 from models.base_model import BaseModel
+from models.pix2pix_model import Pix2PixModel
 from models.losses import GANLoss, PretrainedWeightsUnavailable, VGGPerceptualLoss, feature_matching_loss
 from models.networks import define_D, define_G, generator_extras
 from util.errors import CheckpointError, OptionError
@@ -141,31 +142,12 @@ class Pix2PixHDModel(BaseModel):
                               f"{s} (2**(--n_downsample_global{' + --n_local_enhancers' if self.opt.netG == 'local' else ''})); "
                               f"got {height}x{width}: choose --crop_size / --load_size / --preprocess accordingly")
 
-    # ---- data -------------------------------------------------------------------------------------------------
-    def set_input(self, data: dict) -> None:
-        """Unpack a batch (``A``, ``B``, ``A_paths``; ``her2`` kept as metadata); ``B`` is optional at test time."""
-        self.real_A = data["A"].to(self.device, non_blocking=True)
-        self.real_B = data["B"].to(self.device, non_blocking=True) if "B" in data else None
-        self.image_paths = data["A_paths"]
-        self.her2 = data.get("her2")
-
-    def forward(self) -> None:
-        """``fake_B = G(real_A)``; at test time padded to the generator's stride and cropped back."""
-        if self.isTrain and self.netG.training:
-            self.fake_B = self.netG(self.real_A)
-        else:
-            self.fake_B = self.run_generator(self.netG, self.real_A)
+    # ---- forward and the discriminator objective are pix2pix's (conditional D on (A, B)); with the multiscale D
+    # GANLoss sums the scales -------------------------------------------------------------------------------------
+    forward = Pix2PixModel.forward
+    compute_D_loss = Pix2PixModel.compute_D_loss
 
     # ---- losses (pure computation; no optimizer steps) ------------------------------------------------------
-    def compute_D_loss(self) -> torch.Tensor:
-        """``(GAN(D(A, G(A)), fake) + GAN(D(A, B), real)) / 2``, summed over the discriminator's scales."""
-        fake_AB = torch.cat((self.real_A, self.fake_B.detach()), 1)
-        real_AB = torch.cat((self.real_A, self.real_B), 1)
-        self.loss_D_fake = self.criterionGAN(self.netD(fake_AB), False)
-        self.loss_D_real = self.criterionGAN(self.netD(real_AB), True)
-        self.loss_D = (self.loss_D_fake + self.loss_D_real) * 0.5
-        return self.loss_D
-
     def compute_G_loss(self) -> torch.Tensor:
         """``GAN + feature matching + lambda_vgg * VGG`` (disabled terms are logged as 0). The real pair's features
         for feature matching come from the current discriminator without gradients."""

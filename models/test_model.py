@@ -54,10 +54,6 @@ class TestModel(BaseModel):
                        opt.init_type, opt.init_gain, device=self.device, **generator_extras(opt))
         setattr(self, "netG" + opt.model_suffix, net)
 
-    def set_input(self, data: dict) -> None:
-        self.real_A = data["A"].to(self.device)
-        self.image_paths = data["A_paths"]
-
     def forward(self) -> None:
         self.fake_B = self.run_generator(getattr(self, "netG" + self.opt.model_suffix), self.real_A)
 
