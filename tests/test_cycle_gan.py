@@ -19,14 +19,6 @@ from util.image_io import read_rgb_uint8
 LAYOUTS = json.loads((Path(__file__).parent / "data" / "checkpoint_layouts.json").read_text())
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny networks run faster (and steadier on a loaded machine) on one thread."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory) -> Path:

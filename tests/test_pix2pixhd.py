@@ -22,13 +22,6 @@ from models.networks.pix2pixhd_networks import GlobalGenerator, LocalEnhancer, M
 from util.errors import OptionError, UserError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 @pytest.fixture(scope="module")
 def sample(tmp_path_factory) -> Path:
