@@ -13,7 +13,7 @@ from PIL import Image
 
 import test as test_script
 import train
-from tests.conftest import TINY, train_args
+from tests.conftest import train_args
 
 
 @pytest.fixture(scope="module")
