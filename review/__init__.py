@@ -23,4 +23,23 @@ ANSWERS_CSV_COLUMNS = ("form_id", "reviewer", "image_id", "level")
 #: The levels a reviewer can give (BCI / ASCO-CAP HER2 IHC scores).
 LEVELS = HER2_LEVELS
 
-__all__ = ["KEY_FORMAT", "ANSWERS_FORMAT", "FORMAT_VERSION", "ANSWERS_CSV_COLUMNS", "LEVELS"]
+__all__ = ["KEY_FORMAT", "ANSWERS_FORMAT", "FORMAT_VERSION", "ANSWERS_CSV_COLUMNS", "LEVELS", "parse_versioned_json"]
+
+
+def parse_versioned_json(path, text: str, fmt: str, what: str, error: type) -> dict:
+    """Parse a review file's JSON ``text`` and check its ``"format"`` (``fmt``) and ``"version"``.
+
+    ``what`` names the kind of file in messages (e.g. ``"key"``, ``"answer file"``); ``error`` is the exception class
+    raised, with ``path`` named, for invalid JSON, another format or another version.
+    """
+    import json
+
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise error(f"{what} '{path}' is not valid JSON: {e}") from e
+    if not isinstance(obj, dict) or obj.get("format") != fmt:
+        raise error(f"'{path}' is not a review {what} (expected \"format\": \"{fmt}\")")
+    if obj.get("version") != FORMAT_VERSION:
+        raise error(f"{what} '{path}' has version {obj.get('version')!r}; this tool reads version {FORMAT_VERSION}")
+    return obj

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Mapping, Union
 
-from review import ANSWERS_CSV_COLUMNS, ANSWERS_FORMAT, FORMAT_VERSION, LEVELS
+from review import ANSWERS_CSV_COLUMNS, ANSWERS_FORMAT, LEVELS, parse_versioned_json
 from util.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -37,14 +36,7 @@ class Answers:
 
 
 def _read_json(path: Path, text: str) -> tuple[str, str, Dict[str, str]]:
-    try:
-        obj = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise AnswerFileError(f"answer file '{path}' is not valid JSON: {e}") from e
-    if not isinstance(obj, dict) or obj.get("format") != ANSWERS_FORMAT:
-        raise AnswerFileError(f"'{path}' is not a review answer file (expected \"format\": \"{ANSWERS_FORMAT}\")")
-    if obj.get("version") != FORMAT_VERSION:
-        raise AnswerFileError(f"answer file '{path}' has version {obj.get('version')!r}; expected {FORMAT_VERSION}")
+    obj = parse_versioned_json(path, text, ANSWERS_FORMAT, "answer file", AnswerFileError)
     answers = obj.get("answers")
     if not isinstance(answers, dict):
         raise AnswerFileError(f"answer file '{path}': 'answers' must be an object mapping image id to level")

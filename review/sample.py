@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Union
 
 from data.her2 import parse_her2
-from review import FORMAT_VERSION, KEY_FORMAT, LEVELS
+from review import FORMAT_VERSION, KEY_FORMAT, LEVELS, parse_versioned_json
 from util.errors import DataError, OptionError
 from util.fileio import atomic_write_text
 
@@ -166,14 +166,7 @@ def read_key(path: PathLike) -> dict:
     """
     path = Path(path)
     text = path.read_text(encoding="utf-8")
-    try:
-        key = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise DataError(f"key '{path}' is not valid JSON: {e}") from e
-    if not isinstance(key, dict) or key.get("format") != KEY_FORMAT:
-        raise DataError(f"'{path}' is not a review key (expected \"format\": \"{KEY_FORMAT}\")")
-    if key.get("version") != FORMAT_VERSION:
-        raise DataError(f"key '{path}' has version {key.get('version')!r}; this tool reads version {FORMAT_VERSION}")
+    key = parse_versioned_json(path, text, KEY_FORMAT, "key", DataError)
     images = key.get("images")
     if not isinstance(images, list) or not images or not isinstance(key.get("form_id"), str):
         raise DataError(f"key '{path}' lacks 'form_id' or a non-empty 'images' list")
