@@ -19,7 +19,7 @@ from typing import List, Tuple
 from data.base_dataset import (BaseDataset, check_odd_widths, check_pair_sizes, her2_of, load_image,
                                read_headers)
 from data.image_modes import to_channels
-from data.layouts import cap, detect_layout, expected_layouts, list_images, pair_by_name
+from data.layouts import cap, pair_by_name
 from data.transforms import apply_transform, array_to_tensor, get_params
 from util.errors import DataError
 
@@ -37,14 +37,10 @@ class AlignedDataset(BaseDataset):
 
     def __init__(self, opt):
         super().__init__(opt)
-        A_dir, B_dir = getattr(opt, "A_dir", "HE"), getattr(opt, "B_dir", "IHC")
-        self.layout = detect_layout(self.root, opt.phase, A_dir, B_dir)
-        expected = expected_layouts(self.root, opt.phase, A_dir, B_dir)
+        self.layout, A_files, B_files = self.find_layout()
         if self.layout.combined:
-            pairs = [(p, p) for p in list_images(self.layout.A_folder, expected)]
+            pairs = [(p, p) for p in A_files]
         else:
-            A_files = list_images(self.layout.A_folder, expected)
-            B_files = list_images(self.layout.B_folder, expected)
             pairs = pair_by_name(A_files, B_files, self.layout.A_folder, self.layout.B_folder)
         self.pairs: List[Tuple[Path, Path]] = cap(pairs, opt.max_dataset_size, str(self.root))
         headers = read_headers(p for pair in self.pairs for p in pair)

@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from data.her2 import parse_her2
 from data.image_modes import image_to_array, open_image, read_header
+from data.layouts import detect_layout, expected_layouts, list_images
 from data.transforms import check_options
 from util.errors import DataError, OptionError
 
@@ -135,6 +136,20 @@ class BaseDataset(torch.utils.data.Dataset):
     def modify_commandline_options(parser, is_train):
         """Add dataset-specific options to ``parser`` (argparse); the base adds none. Returns the parser."""
         return parser
+
+    def find_layout(self):
+        """Detect the paired layout under ``--dataroot`` (``--A_dir``/``--B_dir`` for the folder layout) and list its
+        images. Returns ``(layout, A_files, B_files)``; for combined AB images both lists are the same files.
+
+        Raises:
+            DataError: layout not found or ambiguous, missing or empty folder (the expected layouts are named).
+        """
+        A_dir, B_dir = getattr(self.opt, "A_dir", "HE"), getattr(self.opt, "B_dir", "IHC")
+        layout = detect_layout(self.root, self.opt.phase, A_dir, B_dir)
+        expected = expected_layouts(self.root, self.opt.phase, A_dir, B_dir)
+        A_files = list_images(layout.A_folder, expected)
+        B_files = A_files if layout.combined else list_images(layout.B_folder, expected)
+        return layout, A_files, B_files
 
     def files(self) -> List[Path]:
         """Every image file the dataset reads (each once), for :func:`validate`."""

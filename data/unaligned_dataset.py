@@ -17,7 +17,7 @@ import torch
 
 from data.base_dataset import BaseDataset, check_odd_widths, her2_of, load_image, read_headers
 from data.image_modes import to_channels
-from data.layouts import cap, detect_layout, expected_layouts, list_images
+from data.layouts import cap
 from data.transforms import apply_transform, array_to_tensor, get_params
 from util.errors import DataError
 
@@ -36,16 +36,13 @@ class UnalignedDataset(BaseDataset):
 
     def __init__(self, opt):
         super().__init__(opt)
-        A_dir, B_dir = getattr(opt, "A_dir", "HE"), getattr(opt, "B_dir", "IHC")
-        self.layout = detect_layout(self.root, opt.phase, A_dir, B_dir)
-        expected = expected_layouts(self.root, opt.phase, A_dir, B_dir)
+        self.layout, A_files, B_files = self.find_layout()
         if self.layout.combined:
-            files = list_images(self.layout.A_folder, expected)
-            A: List[ImageRef] = [(p, "left") for p in files]
-            B: List[ImageRef] = [(p, "right") for p in files]
+            A: List[ImageRef] = [(p, "left") for p in A_files]
+            B: List[ImageRef] = [(p, "right") for p in B_files]
         else:
-            A = [(p, None) for p in list_images(self.layout.A_folder, expected)]
-            B = [(p, None) for p in list_images(self.layout.B_folder, expected)]
+            A = [(p, None) for p in A_files]
+            B = [(p, None) for p in B_files]
         if self.swap:
             A, B = B, A
         self.A = cap(A, opt.max_dataset_size, f"{self.root} (A)")
