@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from models.networks.dropout import Dropout
 from models.networks.norms import uses_bias
 from util.errors import OptionError
 
@@ -51,7 +52,7 @@ class ResnetBlock(nn.Module):
             if not second:
                 layers.append(nn.ReLU(True))
                 if use_dropout:
-                    layers.append(nn.Dropout(0.5))
+                    layers.append(Dropout(0.5))
         self.conv_block = nn.Sequential(*layers)
 
     def forward(self, x):
@@ -119,7 +120,7 @@ class UnetSkipConnectionBlock(nn.Module):
             upconv = nn.ConvTranspose2d(inner_nc * 2, outer_nc, kernel_size=4, stride=2, padding=1, bias=bias)
             model = [downrelu, downconv, norm_layer(inner_nc), submodule, uprelu, upconv, norm_layer(outer_nc)]
             if use_dropout:
-                model.append(nn.Dropout(0.5))
+                model.append(Dropout(0.5))
         self.model = nn.Sequential(*model)
 
     def forward(self, x):
