@@ -93,7 +93,7 @@ class BaseModel:
     def prepare_networks(self, opt) -> None:
         """Apply the speed and scale options to every network (call after :meth:`setup`, before resuming optimizers):
 
-        ``--channels_last`` memory format; under torchrun, SyncBatchNorm (CUDA) and :func:`util.distributed.wrap_ddp`
+        ``--channels_last`` memory format; ``--winograd`` (CPU 3x3 convolutions); under torchrun, SyncBatchNorm (CUDA) and :func:`util.distributed.wrap_ddp`
         for the networks that have an optimizer (training); ``--compile`` (torch.compile, eager fallback with a
         warning); cuDNN autotuning on CUDA. ``self.net<name>`` is replaced by the wrapped network; parameters are
         the same objects, checkpoints keep the bare layout (:func:`util.checkpoint.unwrap`).
@@ -104,6 +104,8 @@ class BaseModel:
         for name, net in self.networks():
             if getattr(opt, "channels_last", False):
                 fast_paths.to_channels_last(net)
+            if getattr(opt, "winograd", False):
+                fast_paths.use_winograd(net, f"net{name}", self.device)
             if self.isTrain and distributed.is_distributed():
                 net = distributed.convert_sync_batchnorm(net, self.device)
             if getattr(opt, "compile", False):

@@ -42,7 +42,8 @@ def add_train_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
 
 
 def add_speed_options(parser: argparse.ArgumentParser, is_train: bool) -> argparse.ArgumentParser:
-    """``--amp`` (both phases); ``--channels_last`` and ``--compile`` (training). See docs/PERFORMANCE.md."""
+    """``--amp`` (both phases); ``--channels_last``, ``--winograd`` and ``--compile`` (training). See
+    docs/PERFORMANCE.md."""
     from models.amp import AMP_MODES
 
     g = parser.add_argument_group("speed and scale (docs/PERFORMANCE.md)")
@@ -52,6 +53,9 @@ def add_speed_options(parser: argparse.ArgumentParser, is_train: bool) -> argpar
     if is_train:
         g.add_argument("--channels_last", action="store_true",
                        help="channels-last (NHWC) memory format for networks and batches (faster convolutions)")
+        g.add_argument("--winograd", action="store_true",
+                       help="CPU float32: 3x3 stride-1 convolutions (the ResNet blocks) by Winograd F(4x4,3x3), 4x fewer "
+                            "multiplications, float32 rounding differs from direct convolution by ~1e-5 relative")
         g.add_argument("--compile", action="store_true",
                        help="torch.compile the networks (slow first steps; eager mode with a warning where it cannot)")
     return parser

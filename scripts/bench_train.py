@@ -3,6 +3,7 @@
     python scripts/bench_train.py                                   # small default (a few minutes on 2 CPU cores)
     python scripts/bench_train.py --models pyramidpix2pix,pyramidpix2pix_L1 --sizes 256,512 \\
         --options eager,channels_last,compile,channels_last+compile --steps 5 --repeats 3 --out bench.md
+    python scripts/bench_train.py --models classic,pyramidpix2pix --options eager,channels_last --repeats 3
     python scripts/bench_train.py --device cuda --sizes 1024 --options eager,bf16,bf16+channels_last
     python scripts/bench_train.py --device cuda --nproc 2 ...       # DDP through torchrun, images/s of the job
     python scripts/bench_train.py ... --readme README.md            # table between <!-- bench:start/end -->
@@ -17,9 +18,12 @@ reports the median of the R medians, so a noisy shared machine affects every con
 
 Models: ``pix2pix`` (U-Net 256, batch 1), ``pyramidpix2pix`` (pattern L1_L2_L3_L4, resnet_9blocks, batch 2, the
 BCI recipe), ``pyramidpix2pix_L1`` (the same networks and batch with the L1 term only = pix2pix on the pyramid's
-networks; their ratio is the pyramid's cost), ``cycle_gan``, ``pix2pixhd`` (without the VGG loss: no weights offline);
-models whose module is missing are listed as unavailable. Options: ``eager`` (float32 baseline) or ``+``-joined
-``channels_last``, ``compile``, ``bf16``, ``fp16``.
+networks; their ratio is the pyramid's cost), ``cycle_gan``, ``pix2pixhd`` (without the VGG loss: no weights offline),
+``classic`` (the speed reference: :func:`classic_step`, the pyramid pix2pix step written as the authors' release
+writes it, with stock ``nn.Dropout`` and none of this project's fast paths; its column "vs classic step" is the
+issue-8 comparison); models whose module is missing are listed as unavailable. ``--profile N`` logs the top N
+operators of one extra step per run. Options: ``eager`` (float32 baseline) or ``+``-joined
+``channels_last``, ``winograd``, ``compile``, ``bf16``, ``fp16``.
 """
 from __future__ import annotations
 
@@ -47,8 +51,11 @@ MODELS = {
     "pyramidpix2pix_L1": ["--model", "pyramidpix2pix", "--pattern", "L1"],
     "cycle_gan": ["--model", "cycle_gan"],
     "pix2pixhd": ["--model", "pix2pixhd", "--no_vgg_loss"],
+    # the reference: the classic step of the authors' release, see classic_step()
+    "classic": ["--model", "pyramidpix2pix", "--pattern", "L1_L2_L3_L4"],
 }
 OPTION_FLAGS = {"eager": [], "fp32": [], "channels_last": ["--channels_last"], "compile": ["--compile"],
+                "winograd": ["--winograd"],
                 "bf16": ["--amp", "bf16"], "fp16": ["--amp", "fp16"]}
 MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
@@ -67,6 +74,62 @@ def option_flags(option: str) -> List[str]:
 
 
 # ------------------------------------------------------------------------------------------------ worker (one config)
+def classic_step(model):
+    """A training step written the way the pix2pix-family releases (and the BCI release) write it, as the speed
+    reference: the same networks, losses and pyramid as ``pyramidpix2pix`` (``--pattern L1_L2_L3_L4``), but
+    ``torch.nn.Dropout``, NCHW tensors, PyTorch's allocator settings untouched and none of this project's fast
+    paths. Order: G forward; D step on (real, detached fake); G step with D frozen (GAN + weighted pyramid L1).
+
+    Returns a function of no arguments running one step on ``model.real_A`` / ``model.real_B``.
+    """
+    import torch
+    from torch import nn
+
+    from models.networks.dropout import Dropout
+    from models.pyramid import pyramid_l1
+
+    for parent in model.netG.modules():  # swap this project's dropout for the stock module
+        for name, child in parent.named_children():
+            if isinstance(child, Dropout):
+                setattr(parent, name, nn.Dropout(child.p))
+    G, D, opt_G, opt_D = model.netG, model.netD, model.optimizer_G, model.optimizer_D
+    bce = nn.BCEWithLogitsLoss()
+    weights = model.level_weights
+
+    def step():
+        a, b = model.real_A, model.real_B
+        fake = G(a)
+        for p in D.parameters():
+            p.requires_grad_(True)
+        opt_D.zero_grad()
+        pred_fake = D(torch.cat((a, fake.detach()), 1))
+        pred_real = D(torch.cat((a, b), 1))
+        loss_D = 0.5 * (bce(pred_fake, torch.zeros_like(pred_fake)) + bce(pred_real, torch.ones_like(pred_real)))
+        loss_D.backward()
+        opt_D.step()
+        for p in D.parameters():
+            p.requires_grad_(False)
+        opt_G.zero_grad()
+        pred_fake = D(torch.cat((a, fake), 1))
+        _, per_level = pyramid_l1(fake, b, model.levels)
+        loss_G = bce(pred_fake, torch.ones_like(pred_fake)) + sum(w * s for w, s in zip(weights, per_level))
+        loss_G.backward()
+        opt_G.step()
+        model.loss_G, model.loss_D = loss_G.detach(), loss_D.detach()
+
+    return step
+
+
+def _profile_table(step, rows: int) -> str:
+    """Self-CPU-time table of the operators of one call of ``step`` (``torch.profiler``), top ``rows``."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        step()
+    return prof.key_averages(group_by_input_shape=True).table(
+        sort_by="self_cpu_time_total", row_limit=rows, max_name_column_width=36, max_shapes_column_width=80)
+
+
 def _peak_rss_mib() -> float:
     # Linux reports ru_maxrss in KiB, macOS in bytes
     r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -76,6 +139,8 @@ def _peak_rss_mib() -> float:
 def run_worker(args) -> dict:
     """Build the model of one configuration, run warmup + timed steps on synthetic data; return the measurements."""
     import torch
+
+    from util.errors import OptionError
 
     import models
     import options
@@ -95,7 +160,11 @@ def run_worker(args) -> dict:
         options.seed_everything(opt.seed)
         model = models.create_model(opt)
         model.setup(opt)
-        model.prepare_networks(opt)
+        classic = args.model_key == "classic"
+        if classic and args.option not in ("eager", "fp32"):
+            raise OptionError(f"the classic reference step has no speed options; got --option {args.option!r}")
+        if not classic:
+            model.prepare_networks(opt)
         model.train()
         device = opt.device
         b, s = opt.batch_size, args.size
@@ -113,13 +182,21 @@ def run_worker(args) -> dict:
             torch.cuda.reset_peak_memory_stats(device)
         times, cpu_times = [], []
         t_first = None
-        for i in range(args.warmup + args.steps):
-            sync()
-            t0, c0 = time.perf_counter(), time.process_time()
+        classic_fn = classic_step(model) if classic else None
+
+        def one_step():
             model.set_input(batch)
+            if classic:
+                classic_fn()
+                return
             if opt.channels_last:
                 model.inputs_to_channels_last()
             model.train_step()
+
+        for i in range(args.warmup + args.steps):
+            sync()
+            t0, c0 = time.perf_counter(), time.process_time()
+            one_step()
             sync()
             dt = time.perf_counter() - t0
             if i == 0:
@@ -127,14 +204,16 @@ def run_worker(args) -> dict:
             if i >= args.warmup:
                 times.append(dt)
                 cpu_times.append(time.process_time() - c0)
-        losses = model.get_current_losses()
+        profile = _profile_table(one_step, args.profile) if args.profile else None
+        losses = ({"G": float(model.loss_G), "D": float(model.loss_D)} if classic
+                  else model.get_current_losses())
         distributed.barrier()
         return {"model": args.model_key, "size": s, "option": args.option, "batch": b, "world": info.world_size,
                 "device": str(device.type), "times": times, "cpu_times": cpu_times, "first_step_s": t_first,
                 "peak_rss_mib": _peak_rss_mib(),
                 "peak_cuda_mib": (torch.cuda.max_memory_allocated(device) / 2 ** 20) if device.type == "cuda" else None,
                 "finite": all(v == v and abs(v) != float("inf") for v in losses.values()),
-                "threads": torch.get_num_threads(), "rank": info.rank}
+                "threads": torch.get_num_threads(), "rank": info.rank, "profile": profile}
     finally:
         distributed.cleanup()
 
@@ -143,7 +222,8 @@ def run_worker(args) -> dict:
 def _worker_cmd(args, model_key: str, size: int, option: str) -> List[str]:
     base = [str(Path(__file__).resolve()), "--worker", "--model_key", model_key, "--size", str(size),
             "--option", option, "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
-            "--ngf", str(args.ngf), "--ndf", str(args.ndf), "--tmp", args.tmp, "--threads", str(args.threads)]
+            "--ngf", str(args.ngf), "--ndf", str(args.ndf), "--tmp", args.tmp, "--threads", str(args.threads),
+            "--profile", str(args.profile)]
     if args.batch_size:
         base += ["--batch_size", str(args.batch_size)]
     if args.nproc > 1:
@@ -211,25 +291,29 @@ def summarize(runs: List[dict]) -> List[dict]:
                      and x["option"] in ("eager", "fp32") and "step_s" in x), None)
         if base is not None and "step_s" in row:
             row["speedup"] = base["step_s"] / row["step_s"]
+        ref = next((x for x in rows if x["model"] == "classic" and x["size"] == row["size"] and "step_s" in x), None)
+        if ref is not None and "step_s" in row and row["model"] in ("pyramidpix2pix", "classic"):
+            row["vs_classic"] = ref["step_s"] / row["step_s"]
     return rows
 
 
 def to_markdown(rows: List[dict], header: str) -> str:
     lines = [header, "",
-             "| model | size | option | batch x procs | step (s) | steps/s | images/s | speedup vs eager | CPU s/step "
-             "| peak RSS (MiB) | peak GPU (MiB) | first step (s) | runs (min-max step) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| model | size | option | batch x procs | step (s) | steps/s | images/s | speedup vs eager | vs classic step "
+             "| CPU s/step | peak RSS (MiB) | peak GPU (MiB) | first step (s) | runs (min-max step) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['size']} | {r['option']} | - | failed: {r['error'][:80]} "
-                         "| | | | | | | | |")
+                         "| | | | | | | | | |")
             continue
         gpu = f"{r['peak_cuda_mib']:.0f}" if r.get("peak_cuda_mib") is not None else "-"
         sp = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
+        vc = f"{r['vs_classic']:.2f}x" if "vs_classic" in r else "-"
         nan = "" if r["finite"] else " (non-finite loss!)"
         cpu = f"{r['cpu_s']:.2f}" if r.get("cpu_s") is not None else "-"
         lines.append(f"| {r['model']} | {r['size']} | {r['option']}{nan} | {r['batch']} x {r['world']} | "
-                     f"{r['step_s']:.3f} | {r['steps_per_s']:.3f} | {r['images_per_s']:.2f} | {sp} | {cpu} | "
+                     f"{r['step_s']:.3f} | {r['steps_per_s']:.3f} | {r['images_per_s']:.2f} | {sp} | {vc} | {cpu} | "
                      f"{r['peak_rss_mib']:.0f} | {gpu} | {r['first_step_s']:.1f} | {r['runs']} "
                      f"({r['spread'][0]:.3f}-{r['spread'][1]:.3f}) |")
     pyr = []
@@ -288,6 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", type=Path, default=None, help="write every run's raw measurements here (atomic)")
     p.add_argument("--readme", type=Path, default=None,
                    help=f"also put the table into this file between {MARK_START} and {MARK_END}")
+    p.add_argument("--profile", type=int, default=0,
+                   help="after the timed steps, profile one more step and log its top N operators (self CPU time)")
     p.add_argument("--tmp", default="/tmp/bench_train", help="scratch folder of the runs")
     # internal: one configuration
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -323,7 +409,8 @@ def _main(argv: Sequence[str]) -> int:
             log.warning("model %s is not available (%s): skipped", m, why)
             runs.append({"model": m, "size": 0, "option": "-", "error": f"not available: {why}"})
             continue
-        configs += [(m, s, o) for s in sizes for o in opts]
+        # the classic reference step has no speed options: one configuration per size
+        configs += [(m, s, o) for s in sizes for o in (["eager"] if m == "classic" else opts)]
     t0 = time.time()
     for rep in range(args.repeats):
         for k, (m, s, o) in enumerate(configs):
@@ -334,6 +421,8 @@ def _main(argv: Sequence[str]) -> int:
             else:
                 log.info("  median step %.3f s (steps %s), peak RSS %.0f MiB", statistics.median(r["times"]),
                          ", ".join(f"{t:.3f}" for t in r["times"]), r["peak_rss_mib"])
+                if r.get("profile"):
+                    log.info("  profile of one more step:\n%s", r["profile"])
             runs.append(r)
     import platform
 

@@ -160,3 +160,70 @@ def test_bench_worker_measures_one_tiny_configuration(tmp_path):
     assert r["finite"] and r["peak_rss_mib"] > 50 and r["peak_cuda_mib"] is None
     row = bench_train.summarize([r])[0]
     assert row["step_s"] == pytest.approx(sorted(r["times"])[0] / 2 + sorted(r["times"])[1] / 2)
+
+
+def test_cpu_allocator_tuning_sets_the_documented_glibc_parameters(monkeypatch):
+    # the speed effect is measured by scripts/bench_train.py (glibc's own heuristics make a page-fault unit test
+    # flaky); here: which mallopt(3) calls are made, once per process, and only on glibc
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, param, value):
+            calls.append((param, value))
+            return 1
+
+    monkeypatch.setattr(fast_paths.ctypes, "CDLL", lambda name: FakeLibc())
+    monkeypatch.setattr(fast_paths.platform, "system", lambda: "Linux")
+    monkeypatch.setattr(fast_paths.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    monkeypatch.setattr(fast_paths, "_ALLOCATOR_TUNED", [])
+    fast_paths.configure_backends(torch.device("cpu"))
+    assert fast_paths.tune_cpu_allocator() is True
+    # M_MMAP_THRESHOLD 32 MiB, M_TRIM_THRESHOLD 2 GiB - 1, M_TOP_PAD 64 MiB (<malloc.h> numbers -3, -1, -2)
+    assert calls == [(-3, 32 * 2 ** 20), (-1, 2 ** 31 - 1), (-2, 64 * 2 ** 20)]
+    monkeypatch.setattr(fast_paths, "_ALLOCATOR_TUNED", [])
+    monkeypatch.setattr(fast_paths.platform, "libc_ver", lambda: ("", ""))  # musl, macOS: nothing to do
+    assert fast_paths.tune_cpu_allocator() is False and len(calls) == 3
+    monkeypatch.setattr(fast_paths, "_ALLOCATOR_TUNED", [])
+    FakeLibc.mallopt = lambda self, param, value: 0  # glibc refusing a value
+    monkeypatch.setattr(fast_paths.platform, "libc_ver", lambda: ("glibc", "2.36"))
+    assert fast_paths.tune_cpu_allocator() is False
+
+
+def test_bench_classic_reference_step_trains_and_profiles(tmp_path):
+    # the reference step of the speed comparison: stock nn.Dropout, no fast paths, yet a real training step
+    args = bench_train.build_parser().parse_args(
+        ["--worker", "--model_key", "classic", "--size", "32", "--option", "eager", "--ngf", "8", "--ndf", "8",
+         "--steps", "2", "--warmup", "0", "--profile", "5", "--tmp", str(tmp_path)])
+    r = bench_train.run_worker(args)
+    assert r["finite"] and len(r["times"]) == 2
+    assert "convolution" in r["profile"]  # the operator table of one extra step
+    bad = bench_train.build_parser().parse_args(
+        ["--worker", "--model_key", "classic", "--size", "32", "--option", "channels_last", "--tmp", str(tmp_path)])
+    with pytest.raises(OptionError, match="classic"):
+        bench_train.run_worker(bad)
+    # its step updates both networks (it is a real step, not a no-op)
+    import models
+
+    opt = options.parse_train([*bench_train.MODELS["classic"], "--dataroot", "/nonexistent", "--checkpoints_dir",
+                               str(tmp_path / "ck"), "--ngf", "8", "--ndf", "8", "--display_id", "0"])
+    torch.manual_seed(0)
+    model = models.create_model(opt)
+    model.setup(opt)
+    step = bench_train.classic_step(model)
+    assert not any(isinstance(m, bench_train_dropout()) for m in model.netG.modules())
+    model.set_input(_batch(size=32))
+    g0 = [p.detach().clone() for p in model.netG.parameters()]
+    d0 = [p.detach().clone() for p in model.netD.parameters()]
+    step()
+    assert any(not torch.equal(a, p) for a, p in zip(g0, model.netG.parameters()))
+    assert any(not torch.equal(a, p) for a, p in zip(d0, model.netD.parameters()))
+    rows = bench_train.summarize([dict(r, model="classic", size=32, option="eager", batch=2),
+                                  dict(r, model="pyramidpix2pix", size=32, option="eager", batch=2,
+                                       times=[t / 2 for t in r["times"]])])
+    assert {x["model"]: x["vs_classic"] for x in rows}["pyramidpix2pix"] == pytest.approx(2.0)
+
+
+def bench_train_dropout():
+    from models.networks.dropout import Dropout
+
+    return Dropout

@@ -10,10 +10,18 @@ cuDNN autotuning.
   suppress_errors``), again with PyTorch's warning. The first steps are slow (compilation).
 * cuDNN benchmark mode on CUDA (``torch.backends.cudnn.benchmark``): autotunes convolution algorithms for the fixed
   training image size.
+* ``--winograd`` (CPU): 3x3 stride-1 convolutions with at least 32 channels, i.e. the ResNet blocks, by Winograd
+  F(4x4, 3x3) (:mod:`models.networks.winograd`): 4x fewer multiplications, float32 with ~1e-5 relative rounding
+  differences from direct convolution; checkpoints unchanged.
+* CPU training with glibc: :func:`tune_cpu_allocator` keeps freed activation memory in the heap for the next step
+  instead of returning it to the kernel and faulting it back in (about 3 % of a 256 px pyramid pix2pix step here).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
+import platform
 import shutil
 from typing import Dict, Optional, Tuple
 
@@ -26,15 +34,66 @@ _PROBE: Dict[str, Tuple[bool, str]] = {}
 
 
 def configure_backends(device: torch.device) -> None:
-    """Enable cuDNN autotuning on CUDA (no effect on CPU)."""
+    """Process-wide settings for training on ``device``: cuDNN autotuning on CUDA, :func:`tune_cpu_allocator` on
+    the CPU."""
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
+    elif device.type == "cpu":
+        tune_cpu_allocator()
+
+
+# glibc <malloc.h> parameter numbers (mallopt(3))
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+_MMAP_THRESHOLD = 32 * 2 ** 20  # glibc's largest allowed value on 64-bit (DEFAULT_MMAP_THRESHOLD_MAX)
+_TOP_PAD = 64 * 2 ** 20
+_TRIM_THRESHOLD = 2 ** 31 - 1
+_ALLOCATOR_TUNED: list = []
+
+
+def tune_cpu_allocator() -> bool:
+    """Make glibc's ``malloc`` keep freed activation memory for the next training step: blocks up to 32 MiB come
+    from the heap (``M_MMAP_THRESHOLD`` 32 MiB, which also stops glibc's adaptive threshold), the heap is not
+    trimmed below 2 GiB of free top (``M_TRIM_THRESHOLD``) and grows 64 MiB at a time (``M_TOP_PAD``); see
+    mallopt(3). Returns whether the settings were applied.
+
+    With glibc's defaults a training step that allocates and frees gigabytes of activations returns much of it to
+    the kernel and pays a page fault plus page clearing per 4 KiB on the next step: 3.7 million minor faults in 30
+    steps of 256 px pyramid pix2pix (batch 2) here, 1.0 million tuned; the step took 4.06 s vs 3.95 s (-2.8 %),
+    peak RSS 2339 vs 2376 MiB (+1.6 %), resident memory flat after the first steps. Blocks above 32 MiB stay
+    ``mmap``-ed, so no large free block is stranded in the heap. The arithmetic is unchanged. Applied once per
+    process; a no-op returning False on other C libraries (musl, macOS, Windows).
+    """
+    if _ALLOCATOR_TUNED:
+        return _ALLOCATOR_TUNED[0]
+    ok = False
+    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        ok = all(libc.mallopt(param, value) == 1 for param, value in (
+            (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD), (_M_TOP_PAD, _TOP_PAD)))
+        log.debug("glibc malloc tuned for training (heap blocks up to 32 MiB, no trimming): %s", ok)
+    _ALLOCATOR_TUNED.append(ok)
+    return ok
 
 
 def to_channels_last(net: nn.Module) -> nn.Module:
     """Convert the 4-D parameters and buffers of ``net`` to channels-last in place (same Parameter objects, so
     optimizers built earlier stay valid); returns ``net``."""
     return net.to(memory_format=torch.channels_last)
+
+
+def use_winograd(net: nn.Module, name: str, device: torch.device) -> int:
+    """``--winograd``: switch the eligible 3x3 convolutions of ``net`` to Winograd F(4x4, 3x3)
+    (:func:`models.networks.winograd.enable_winograd`); logs how many. On CUDA it does nothing but warn (cuDNN
+    chooses Winograd kernels itself under ``cudnn.benchmark``). Returns the number of layers switched."""
+    from models.networks.winograd import enable_winograd
+
+    if device.type != "cpu":
+        log.warning("--winograd is a CPU fast path; on %s cuDNN picks its own algorithms: %s unchanged",
+                    device.type, name)
+        return 0
+    count = enable_winograd(net)
+    log.info("--winograd: %d convolution(s) of %s use Winograd F(4x4,3x3)", count, name)
+    return count
 
 
 def _probe_fn(x):

@@ -1,0 +1,154 @@
+"""Winograd F(4x4, 3x3) convolution (models/networks/winograd.py) against torch.nn.functional.conv2d."""
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import options
+import train
+from models.networks import define_G
+from models.networks.winograd import WinogradConv2d, eligible, enable_winograd, winograd_conv3x3
+from tests.conftest import train_args
+from util import fast_paths
+
+
+@pytest.mark.parametrize("shape,k,padding", [
+    ((2, 3, 6, 6), 4, 0),     # exactly one tile
+    ((1, 5, 11, 13), 7, 0),   # odd sizes: partial tiles on both axes
+    ((2, 4, 3, 3), 2, 0),     # 1x1 output
+    ((1, 6, 9, 7), 3, 1),     # zero padding of the layer
+    ((2, 8, 34, 34), 16, 0),  # the ResNet block shape (reflect-padded 32x32)
+])
+def test_equals_direct_convolution_in_float64(shape, k, padding):
+    torch.manual_seed(0)
+    x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(k, shape[1], 3, 3, dtype=torch.float64, requires_grad=True)
+    b = torch.randn(k, dtype=torch.float64, requires_grad=True)
+    y = winograd_conv3x3(x, w, b, padding)
+    ref = F.conv2d(x, w, b, padding=padding)
+    assert y.shape == ref.shape
+    torch.testing.assert_close(y, ref, rtol=0, atol=1e-10)
+    g = torch.randn_like(ref)
+    for got, want in zip(torch.autograd.grad(y, (x, w, b), g), torch.autograd.grad(ref, (x, w, b), g)):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+def test_gradcheck():
+    torch.manual_seed(1)
+    x = torch.randn(1, 2, 7, 5, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: winograd_conv3x3(a, b), (x, w))
+
+
+def test_float32_error_is_bounded_and_documented():
+    # the documented accuracy: ~1e-5 of the output range against float64 (direct float32 ~3e-7)
+    torch.manual_seed(2)
+    x = torch.randn(2, 64, 34, 34)
+    w = torch.randn(64, 64, 3, 3) * 0.05
+    ref = F.conv2d(x.double(), w.double())
+    err = (winograd_conv3x3(x, w).double() - ref).abs().max() / ref.abs().max()
+    direct = (F.conv2d(x, w).double() - ref).abs().max() / ref.abs().max()
+    assert err < 5e-5 and direct < err  # float32, but not the same rounding as the direct algorithm
+
+
+def test_keeps_memory_layout_and_only_input_grad_when_asked():
+    x = torch.randn(2, 8, 10, 10).contiguous(memory_format=torch.channels_last).requires_grad_()
+    w = torch.randn(8, 8, 3, 3)  # frozen weights (the discriminator in the generator step)
+    y = winograd_conv3x3(x, w)
+    assert y.is_contiguous(memory_format=torch.channels_last)
+    (gx,) = torch.autograd.grad(y.sum(), x)
+    assert gx.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(gx, torch.autograd.grad(F.conv2d(x, w).sum(), x)[0], rtol=1e-4, atol=1e-4)
+    assert winograd_conv3x3(x.detach().contiguous(), w).is_contiguous()
+
+
+def test_bad_shapes_raise():
+    with pytest.raises(ValueError, match=r"\(K, C, 3, 3\)"):
+        winograd_conv3x3(torch.zeros(1, 2, 8, 8), torch.zeros(4, 2, 5, 5))
+    with pytest.raises(ValueError, match=r"\(K, C, 3, 3\)"):
+        winograd_conv3x3(torch.zeros(1, 3, 8, 8), torch.zeros(4, 2, 3, 3))
+    with pytest.raises(ValueError, match="smaller than the 3x3 kernel"):
+        winograd_conv3x3(torch.zeros(1, 2, 2, 8), torch.zeros(4, 2, 3, 3))
+
+
+def test_enable_switches_only_eligible_layers_and_keeps_checkpoint_keys():
+    net = define_G(3, 3, 8, "resnet_6blocks", "batch", False, "normal", 0.02)  # blocks: 32 channels
+    keys = {k: v.clone() for k, v in net.state_dict().items()}
+    params = list(net.parameters())
+    assert enable_winograd(net) == 12  # 6 blocks x 2 convolutions; the 7x7 and strided layers stay direct
+    assert sum(isinstance(m, WinogradConv2d) for m in net.modules()) == 12
+    assert list(net.parameters()) == params  # same objects: optimizers built earlier stay valid
+    sd = net.state_dict()
+    assert sd.keys() == keys.keys() and all(torch.equal(sd[k], keys[k]) for k in sd)
+    assert enable_winograd(net) == 0  # idempotent
+    assert not eligible(nn.Conv2d(64, 64, 3, stride=2))
+    assert not eligible(nn.Conv2d(64, 64, 3, dilation=2))
+    assert not eligible(nn.Conv2d(64, 64, 3, padding=1, padding_mode="reflect"))
+    assert not eligible(nn.Conv2d(16, 16, 3))  # too few channels to pay off
+    assert eligible(nn.Conv2d(64, 64, 3, padding=1))
+
+
+def test_module_matches_stock_layer_and_falls_back_outside_cpu_float32():
+    torch.manual_seed(3)
+    conv = nn.Conv2d(32, 32, 3, padding=1, bias=True)
+    x = torch.randn(1, 32, 9, 10)
+    ref = conv(x)
+    enable_winograd(conv)
+    assert isinstance(conv, WinogradConv2d)
+    torch.testing.assert_close(conv(x), ref, rtol=1e-4, atol=1e-4)
+    conv64 = conv.double()  # float64: the stock convolution, bit for bit
+    assert torch.equal(conv64(x.double()), F.conv2d(x.double(), conv64.weight, conv64.bias, padding=1))
+    conv = conv.float()
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # low precision: stock convolution
+        y = conv(x)
+    assert y.dtype == torch.bfloat16
+
+
+def test_generator_with_winograd_matches_direct_forward_and_gradients():
+    # a whole ResNet generator, output and every parameter gradient, against float64 direct convolution:
+    # Winograd float32 stays within a few times the error of direct float32
+    import copy
+
+    torch.manual_seed(4)
+    net = define_G(3, 3, 8, "resnet_6blocks", "instance", False, "normal", 0.02)
+    x = torch.rand(2, 3, 36, 28) * 2 - 1  # 36x28: 9x7 at the blocks, partial tiles
+
+    def outputs(n, xx):
+        y = n(xx)
+        return [y, *torch.autograd.grad(y.square().sum(), list(n.parameters()))]
+
+    ref = outputs(copy.deepcopy(net).double(), x.double())
+    direct = outputs(net, x)
+    assert enable_winograd(net) == 12
+    wino = outputs(net, x)
+    checked = 0
+    for r, d, w in zip(ref, direct, wino):
+        scale = r.abs().max().item()
+        if scale < 1e-6:  # conv biases before instance norm: the true gradient is 0, both results are noise
+            continue
+        err_w, err_d = ((w.double() - r).abs().max() / scale).item(), ((d.double() - r).abs().max() / scale).item()
+        assert err_w < 3e-5 and err_w < 10 * err_d + 1e-7, (tuple(r.shape), err_w, err_d)
+        checked += 1
+    assert checked == 20  # output, 18 weight gradients, the last bias (no norm after it)
+
+
+def test_train_with_winograd_end_to_end_and_checkpoint_loads_without_it(sample_bci, tmp_path, caplog):
+    caplog.set_level("INFO")
+    args = train_args(sample_bci, tmp_path / "ck", model="pyramidpix2pix",
+                      extra=("--ngf", "8", "--winograd", "--channels_last"))
+    assert train.main(args) == 0
+    assert any("--winograd: 12 convolution(s) of netG" in r.getMessage() for r in caplog.records)
+    ck = next((tmp_path / "ck").rglob("latest_net_G.pth"))
+    plain = define_G(3, 3, 8, "resnet_6blocks", "batch", True, "normal", 0.02)
+    plain.load_state_dict(torch.load(ck, weights_only=True))
+
+
+def test_winograd_on_cuda_device_only_warns(caplog):
+    net = define_G(3, 3, 8, "resnet_6blocks", "batch", False, "normal", 0.02)
+    assert fast_paths.use_winograd(net, "netG", torch.device("cuda")) == 0
+    assert "CPU fast path" in caplog.text and not any(isinstance(m, WinogradConv2d) for m in net.modules())
+
+
+def test_option_is_parsed():
+    assert options.parse_train(["--dataroot", "x", "--winograd"]).winograd is True
+    assert options.parse_train(["--dataroot", "x"]).winograd is False
