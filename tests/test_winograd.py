@@ -99,6 +99,9 @@ def test_module_matches_stock_layer_and_falls_back_outside_cpu_float32():
     conv64 = conv.double()  # float64: the stock convolution, bit for bit
     assert torch.equal(conv64(x.double()), F.conv2d(x.double(), conv64.weight, conv64.bias, padding=1))
     conv = conv.float()
+    with pytest.MonkeyPatch.context() as mp:  # traced by torch.compile: the stock convolution
+        mp.setattr(torch.compiler, "is_compiling", lambda: True)
+        assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))
     with torch.autocast("cpu", dtype=torch.bfloat16):  # low precision: stock convolution
         y = conv(x)
     assert y.dtype == torch.bfloat16
@@ -147,6 +150,8 @@ def test_winograd_on_cuda_device_only_warns(caplog):
     net = define_G(3, 3, 8, "resnet_6blocks", "batch", False, "normal", 0.02)
     assert fast_paths.use_winograd(net, "netG", torch.device("cuda")) == 0
     assert "CPU fast path" in caplog.text and not any(isinstance(m, WinogradConv2d) for m in net.modules())
+    assert fast_paths.use_winograd(net, "netG", torch.device("cpu"), compiling=True) == 12
+    assert "no effect inside torch.compile" in caplog.text
 
 
 def test_option_is_parsed():

@@ -81,7 +81,7 @@ def to_channels_last(net: nn.Module) -> nn.Module:
     return net.to(memory_format=torch.channels_last)
 
 
-def use_winograd(net: nn.Module, name: str, device: torch.device) -> int:
+def use_winograd(net: nn.Module, name: str, device: torch.device, compiling: bool = False) -> int:
     """``--winograd``: switch the eligible 3x3 convolutions of ``net`` to Winograd F(4x4, 3x3)
     (:func:`models.networks.winograd.enable_winograd`); logs how many. On CUDA it does nothing but warn (cuDNN
     chooses Winograd kernels itself under ``cudnn.benchmark``). Returns the number of layers switched."""
@@ -91,6 +91,9 @@ def use_winograd(net: nn.Module, name: str, device: torch.device) -> int:
         log.warning("--winograd is a CPU fast path; on %s cuDNN picks its own algorithms: %s unchanged",
                     device.type, name)
         return 0
+    if compiling:
+        log.warning("--winograd has no effect inside torch.compile graphs (--compile): %s keeps direct "
+                    "convolutions there", name)
     count = enable_winograd(net)
     log.info("--winograd: %d convolution(s) of %s use Winograd F(4x4,3x3)", count, name)
     return count

@@ -188,12 +188,13 @@ def eligible(conv: nn.Module, min_channels: int = 32) -> bool:
 
 class WinogradConv2d(nn.Conv2d):
     """An ``nn.Conv2d`` (same parameters and state-dict keys) whose CPU float32 forward is
-    :func:`winograd_conv3x3`; on other devices, other dtypes or under autocast it is the stock convolution (low
-    precision formats would lose too much in the transforms)."""
+    :func:`winograd_conv3x3`; on other devices, other dtypes, under autocast (low precision formats would lose too
+    much in the transforms) and inside ``torch.compile`` graphs (tracing the custom backward took minutes) it is the
+    stock convolution."""
 
     def forward(self, x: Tensor) -> Tensor:
         if (x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32
-                or torch.is_autocast_enabled("cpu")):
+                or torch.is_autocast_enabled("cpu") or torch.compiler.is_compiling()):
             return super().forward(x)
         return winograd_conv3x3(x, self.weight, self.bias, self.padding[0])
 
