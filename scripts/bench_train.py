@@ -233,16 +233,25 @@ def _worker_cmd(args, model_key: str, size: int, option: str) -> List[str]:
 
 
 def _run_config(args, model_key: str, size: int, option: str) -> dict:
-    cmd = _worker_cmd(args, model_key, size, option)
+    import shutil
+    import tempfile
+
+    Path(args.tmp).mkdir(parents=True, exist_ok=True)
+    result_dir = Path(tempfile.mkdtemp(prefix="results_", dir=args.tmp))
+    # each process writes its own file: several DDP ranks printing to one pipe could interleave their lines
+    cmd = _worker_cmd(args, model_key, size, option) + ["--result_dir", str(result_dir)]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(k, None)
     try:
-        r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.timeout)
-    except subprocess.TimeoutExpired:
-        return {"model": model_key, "size": size, "option": option, "error": f"timed out after {args.timeout} s"}
-    results = [json.loads(line[len("BENCH_RESULT "):]) for line in r.stdout.splitlines()
-               if line.startswith("BENCH_RESULT ")]
+        try:
+            r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            return {"model": model_key, "size": size, "option": option,
+                    "error": f"timed out after {args.timeout} s"}
+        results = [json.loads(f.read_text(encoding="utf-8")) for f in sorted(result_dir.glob("rank*.json"))]
+    finally:
+        shutil.rmtree(result_dir, ignore_errors=True)
     if r.returncode != 0 or not results:
         tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
         return {"model": model_key, "size": size, "option": option, "error": f"exit {r.returncode}: {tail}"}
@@ -380,6 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model_key", help=argparse.SUPPRESS)
     p.add_argument("--size", type=int, help=argparse.SUPPRESS)
     p.add_argument("--option", help=argparse.SUPPRESS)
+    p.add_argument("--result_dir", help=argparse.SUPPRESS)
     return p
 
 
@@ -391,7 +401,8 @@ def _main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
     if args.worker:
         logging.basicConfig(level=logging.WARNING)
-        print("BENCH_RESULT " + json.dumps(run_worker(args)), flush=True)
+        result = run_worker(args)
+        atomic_write_text(Path(args.result_dir) / f"rank{result['rank']}.json", json.dumps(result))
         return 0
     setup_logging(False)
     models_, sizes, opts = _csv(args.models), [int(s) for s in _csv(args.sizes)], _csv(args.options)

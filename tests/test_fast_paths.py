@@ -227,3 +227,13 @@ def bench_train_dropout():
     from models.networks.dropout import Dropout
 
     return Dropout
+
+
+def test_bench_driver_collects_every_ddp_rank(tmp_path):
+    # 2 torchrun processes (gloo on CPU): each rank's result arrives intact (they once shared one stdout pipe)
+    args = bench_train.build_parser().parse_args(
+        ["--nproc", "2", "--ngf", "8", "--ndf", "8", "--steps", "1", "--warmup", "0", "--tmp", str(tmp_path)])
+    r = bench_train._run_config(args, "pyramidpix2pix", 32, "eager")
+    assert "error" not in r, r.get("error")
+    assert r["world"] == 2 and r["rank"] == 0 and len(r["times"]) == 1 and r["finite"]
+    assert not list(tmp_path.glob("results_*"))  # the per-run result folder is removed
