@@ -62,7 +62,31 @@ def test_keeps_memory_layout_and_only_input_grad_when_asked():
     assert winograd_conv3x3(x.detach().contiguous(), w).is_contiguous()
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_cropped_partial_tiles_are_dense_in_the_input_layout(channels_last):
+    # 9x9 output: the last tile row/column is cropped; without a bias the result must still be a dense tensor
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(1, 8, 11, 11).contiguous(memory_format=fmt)
+    y = winograd_conv3x3(x, torch.randn(8, 8, 3, 3))
+    assert y.shape == (1, 8, 9, 9) and y.is_contiguous(memory_format=fmt)
+    y.view(-1) if not channels_last else y.permute(0, 2, 3, 1).view(-1)
+
+
+def test_inference_mode_first_then_double_backward():
+    # the cached transform matrices must not become inference tensors when first built under inference_mode
+    from models.networks import winograd
+
+    winograd._MATS.clear()
+    with torch.inference_mode():
+        winograd_conv3x3(torch.randn(1, 2, 8, 8, dtype=torch.float64), torch.randn(2, 2, 3, 3, dtype=torch.float64))
+    x = torch.randn(1, 2, 7, 7, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(3, 2, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradgradcheck(lambda a, b: winograd_conv3x3(a, b), (x, w))
+
+
 def test_bad_shapes_raise():
+    with pytest.raises(ValueError, match="padding must be >= 0"):
+        winograd_conv3x3(torch.zeros(1, 2, 9, 9), torch.zeros(4, 2, 3, 3), padding=-1)
     with pytest.raises(ValueError, match=r"\(K, C, 3, 3\)"):
         winograd_conv3x3(torch.zeros(1, 2, 8, 8), torch.zeros(4, 2, 5, 5))
     with pytest.raises(ValueError, match=r"\(K, C, 3, 3\)"):
@@ -99,6 +123,9 @@ def test_module_matches_stock_layer_and_falls_back_outside_cpu_float32():
     conv64 = conv.double()  # float64: the stock convolution, bit for bit
     assert torch.equal(conv64(x.double()), F.conv2d(x.double(), conv64.weight, conv64.bias, padding=1))
     conv = conv.float()
+    unbatched = torch.randn(32, 6, 7)  # (C, H, W) as nn.Conv2d accepts
+    torch.testing.assert_close(conv(unbatched), F.conv2d(unbatched, conv.weight, conv.bias, padding=1),
+                               rtol=1e-4, atol=1e-4)
     with pytest.MonkeyPatch.context() as mp:  # traced by torch.compile: the stock convolution
         mp.setattr(torch.compiler, "is_compiling", lambda: True)
         assert torch.equal(conv(x), F.conv2d(x, conv.weight, conv.bias, padding=1))
@@ -107,9 +134,21 @@ def test_module_matches_stock_layer_and_falls_back_outside_cpu_float32():
     assert y.dtype == torch.bfloat16
 
 
+@pytest.mark.parametrize("kw", [dict(stride=2, padding=1), dict(padding=1, padding_mode="reflect"),
+                                dict(padding=(1, 0)), dict(dilation=2, padding=2), dict(groups=2, padding=1)])
+def test_module_built_directly_with_other_settings_is_the_stock_convolution(kw):
+    # WinogradConv2d is public: a configuration F(4x4,3x3) does not compute must not be computed as if it were
+    torch.manual_seed(5)
+    ref = nn.Conv2d(32, 32, 3, **kw)
+    conv = WinogradConv2d(32, 32, 3, **kw)
+    conv.load_state_dict(ref.state_dict())
+    x = torch.randn(1, 32, 8, 8)
+    assert torch.equal(conv(x), ref(x))
+
+
 def test_generator_with_winograd_matches_direct_forward_and_gradients():
     # a whole ResNet generator, output and every parameter gradient, against float64 direct convolution:
-    # Winograd float32 stays within a few times the error of direct float32
+    # Winograd float32 stays within ~20x the error of direct float32 (documented)
     import copy
 
     torch.manual_seed(4)
@@ -130,7 +169,7 @@ def test_generator_with_winograd_matches_direct_forward_and_gradients():
         if scale < 1e-6:  # conv biases before instance norm: the true gradient is 0, both results are noise
             continue
         err_w, err_d = ((w.double() - r).abs().max() / scale).item(), ((d.double() - r).abs().max() / scale).item()
-        assert err_w < 3e-5 and err_w < 10 * err_d + 1e-7, (tuple(r.shape), err_w, err_d)
+        assert err_w < 3e-5 and err_w < 20 * err_d + 1e-7, (tuple(r.shape), err_w, err_d)
         checked += 1
     assert checked == 20  # output, 18 weight gradients, the last bias (no norm after it)
 
@@ -152,6 +191,8 @@ def test_winograd_on_cuda_device_only_warns(caplog):
     assert "CPU fast path" in caplog.text and not any(isinstance(m, WinogradConv2d) for m in net.modules())
     assert fast_paths.use_winograd(net, "netG", torch.device("cpu"), compiling=True) == 12
     assert "no effect inside torch.compile" in caplog.text
+    fast_paths.use_winograd(net, "netG", torch.device("cpu"), amp="bf16")
+    assert "no effect under --amp bf16" in caplog.text
 
 
 def test_option_is_parsed():

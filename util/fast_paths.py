@@ -81,7 +81,8 @@ def to_channels_last(net: nn.Module) -> nn.Module:
     return net.to(memory_format=torch.channels_last)
 
 
-def use_winograd(net: nn.Module, name: str, device: torch.device, compiling: bool = False) -> int:
+def use_winograd(net: nn.Module, name: str, device: torch.device, compiling: bool = False,
+                 amp: str = "none") -> int:
     """``--winograd``: switch the eligible 3x3 convolutions of ``net`` to Winograd F(4x4, 3x3)
     (:func:`models.networks.winograd.enable_winograd`); logs how many. On CUDA it does nothing but warn (cuDNN
     chooses Winograd kernels itself under ``cudnn.benchmark``). Returns the number of layers switched."""
@@ -94,6 +95,9 @@ def use_winograd(net: nn.Module, name: str, device: torch.device, compiling: boo
     if compiling:
         log.warning("--winograd has no effect inside torch.compile graphs (--compile): %s keeps direct "
                     "convolutions there", name)
+    if amp != "none":
+        log.warning("--winograd has no effect under --amp %s (Winograd transforms need float32): %s keeps direct "
+                    "convolutions in autocast regions", amp, name)
     count = enable_winograd(net)
     log.info("--winograd: %d convolution(s) of %s use Winograd F(4x4,3x3)", count, name)
     return count
