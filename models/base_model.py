@@ -93,9 +93,10 @@ class BaseModel:
     def prepare_networks(self, opt) -> None:
         """Apply the speed and scale options to every network (call after :meth:`setup`, before resuming optimizers):
 
-        ``--channels_last`` memory format; ``--winograd`` (CPU 3x3 convolutions); under torchrun, SyncBatchNorm (CUDA) and :func:`util.distributed.wrap_ddp`
-        for the networks that have an optimizer (training); ``--compile`` (torch.compile, eager fallback with a
-        warning); cuDNN autotuning on CUDA. ``self.net<name>`` is replaced by the wrapped network; parameters are
+        ``--channels_last`` memory format; ``--winograd`` (CPU 3x3 convolutions); under torchrun, SyncBatchNorm
+        (CUDA) and :func:`util.distributed.wrap_ddp` for the networks that have an optimizer (training);
+        ``--compile`` (torch.compile, eager fallback with a warning); cuDNN autotuning on CUDA, glibc allocator
+        tuning on the CPU. ``self.net<name>`` is replaced by the wrapped network; parameters are
         the same objects, checkpoints keep the bare layout (:func:`util.checkpoint.unwrap`).
         """
         from util import distributed, fast_paths
