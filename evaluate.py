@@ -22,7 +22,7 @@ from metrics.pairing import PairingError, check_pairing, format_problems, pair_i
 from metrics.report import fid_kid_text, summarize, write_comparison, write_run_reports
 from metrics.scoring import available_cores, score_pairs
 from metrics.stain import DAB_THRESHOLD_OD
-from util.errors import OptionError, UserError
+from util.errors import OptionError
 
 log = logging.getLogger("evaluate")
 
@@ -142,15 +142,15 @@ def run(opt: argparse.Namespace) -> List[dict]:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from util.logging_setup import run_cli
+
     opt = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if opt.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
+    def body(opt):
         run(opt)
-    except (UserError, OSError) as e:
-        print(f"evaluate.py: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    return run_cli(body, opt, prog="evaluate.py")
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from util.errors import OptionError, UserError
+from util.errors import OptionError
 
 log = logging.getLogger("stain_slide")
 
@@ -113,11 +113,9 @@ def output_for(inputs: Sequence[Path], input_arg: Path, output: Path) -> List[Tu
 def main(argv: Optional[Sequence[str]] = None) -> int:
     opt = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        return _run(opt)
-    except (UserError, OSError) as e:
-        print(f"stain_slide.py: error: {e}", file=sys.stderr)
-        return 2
+    from util.logging_setup import run_cli
+
+    return run_cli(_run, opt, prog="stain_slide.py")
 
 
 def _run(opt: argparse.Namespace) -> int:

@@ -30,7 +30,6 @@ if __package__ in (None, ""):  # run as a file: make the project root importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.her2 import HER2_LEVELS  # noqa: E402
-from util.errors import UserError  # noqa: E402
 
 log = logging.getLogger("build_pairs")
 
@@ -111,19 +110,19 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     from util.logging_setup import setup_logging
 
-    setup_logging(args.verbose)
-    try:
+    from util.logging_setup import run_cli
+
+    def body(args):
         from registration.pipeline import build_pairs
 
         cfg = config_from_args(args)
         result = build_pairs(args.he, args.ihc, args.points, args.out, cfg)
-    except (UserError, OSError) as e:
-        print(f"build_pairs: error: {e}", file=sys.stderr)
-        return 2
-    kept = len(result.kept)
-    print(f"{kept} of {len(result.patches)} patches kept -> {args.out}/HE/{cfg.phase}, {args.out}/IHC/{cfg.phase}; "
-          f"table {result.patch_csv}" + (f"; report {result.report}" if result.report else ""))
-    return 0
+        print(f"{len(result.kept)} of {len(result.patches)} patches kept -> {args.out}/HE/{cfg.phase}, "
+              f"{args.out}/IHC/{cfg.phase}; table {result.patch_csv}"
+              + (f"; report {result.report}" if result.report else ""))
+
+    setup_logging(args.verbose)
+    return run_cli(body, args, prog="build_pairs")
 
 
 if __name__ == "__main__":

@@ -49,7 +49,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from data.her2 import HER2_LEVELS  # noqa: E402
-from util.errors import OptionError, UserError  # noqa: E402
+from util.errors import OptionError  # noqa: E402
 from util.image_io import read_rgb_uint8  # noqa: E402
 
 log = logging.getLogger(__name__)
@@ -206,14 +206,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from util.logging_setup import run_cli
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    try:
-        build(args.out, args.tile_size, args.n_train, args.n_test, args.seed, args.source, args.overwrite)
-    except (UserError, OSError) as e:
-        print(f"make_sample_dataset: error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    def body(a):
+        build(a.out, a.tile_size, a.n_train, a.n_test, a.seed, a.source, a.overwrite)
+
+    return run_cli(body, args, prog="make_sample_dataset")
 
 
 if __name__ == "__main__":

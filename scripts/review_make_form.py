@@ -19,8 +19,7 @@ if __package__ in (None, ""):  # run as a file: make the project importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from review.make import make_round  # noqa: E402
-from util.errors import UserError  # noqa: E402
-from util.logging_setup import setup_logging  # noqa: E402
+from util.logging_setup import run_cli, setup_logging  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -39,17 +38,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    opt = build_parser().parse_args(argv)
-    setup_logging()
-    try:
+    def body(opt):
         r = make_round(opt.results, opt.out, n_pairs=opt.n_pairs, seed=opt.seed, embed=opt.embed,
                        overwrite=opt.overwrite, title=opt.title)
-    except (UserError, OSError) as e:
-        print(f"review_make_form: error: {e}", file=sys.stderr)
-        return 2
-    print(f"form: {r.form}  (give the folder {r.form.parent} to the reviewers)")
-    print(f"key:  {r.key_path}  (keep it; form id {r.key['form_id']}, seed {r.key['seed']})")
-    return 0
+        print(f"form: {r.form}  (give the folder {r.form.parent} to the reviewers)")
+        print(f"key:  {r.key_path}  (keep it; form id {r.key['form_id']}, seed {r.key['seed']})")
+
+    opt = build_parser().parse_args(argv)
+    setup_logging()
+    return run_cli(body, opt, prog="review_make_form")
 
 
 if __name__ == "__main__":

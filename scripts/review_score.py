@@ -22,8 +22,7 @@ from review.answers import read_all_answers  # noqa: E402
 from review.report import write_report  # noqa: E402
 from review.sample import read_key  # noqa: E402
 from review.score import score_round  # noqa: E402
-from util.errors import UserError  # noqa: E402
-from util.logging_setup import setup_logging  # noqa: E402
+from util.logging_setup import run_cli, setup_logging  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,24 +34,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    opt = build_parser().parse_args(argv)
-    setup_logging()
-    try:
+    def body(opt):
         key = read_key(opt.key)
         answers = read_all_answers(opt.answers, key)
         result = score_round(answers, key)
         paths = write_report(result, opt.out if opt.out else Path(opt.key).parent)
-    except (UserError, OSError) as e:
-        print(f"review_score: error: {e}", file=sys.stderr)
-        return 2
-    for r in result["reviewers"]:
-        acc = "n/a" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
-        print(f"{r['reviewer']}: {r['n_accurate']}/{r['n_pairs']} accurate ({acc})")
-    for a in result["agreement"]:
-        k = "n/a" if a["kappa"] is None else f"{a['kappa']:.3f}"
-        print(f"kappa {a['reviewer_a']} vs {a['reviewer_b']}: {k}")
-    print("wrote " + ", ".join(str(p) for p in paths))
-    return 0
+        for r in result["reviewers"]:
+            acc = "n/a" if r["accuracy"] is None else f"{100 * r['accuracy']:.1f}%"
+            print(f"{r['reviewer']}: {r['n_accurate']}/{r['n_pairs']} accurate ({acc})")
+        for a in result["agreement"]:
+            k = "n/a" if a["kappa"] is None else f"{a['kappa']:.3f}"
+            print(f"kappa {a['reviewer_a']} vs {a['reviewer_b']}: {k}")
+        print("wrote " + ", ".join(str(p) for p in paths))
+
+    opt = build_parser().parse_args(argv)
+    setup_logging()
+    return run_cli(body, opt, prog="review_score")
 
 
 if __name__ == "__main__":

@@ -321,15 +321,15 @@ def run(args: argparse.Namespace) -> Tuple[Path, Path]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from util.logging_setup import setup_logging
 
+    from util.logging_setup import run_cli
+
+    def body(args):
+        md, _ = run(args)
+        print(Path(md).read_text(encoding="utf-8"))
+
     args = build_parser().parse_args(argv)
     setup_logging(args.verbose)
-    try:
-        md, _ = run(args)
-    except (UserError, OSError) as e:
-        print(f"table1.py: error: {e}", file=sys.stderr)
-        return 2
-    print(Path(md).read_text(encoding="utf-8"))
-    return 0
+    return run_cli(body, args, prog="table1.py")
 
 
 if __name__ == "__main__":

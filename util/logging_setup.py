@@ -44,16 +44,16 @@ def setup_logging(verbose: bool = False, log_file: Optional[Path] = None) -> Non
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-def run_cli(main_body, argv) -> int:
-    """Run ``main_body(argv)``; turn the project's user errors into one stderr line and exit status 2."""
+def run_cli(main_body, argv, prog: Optional[str] = None) -> int:
+    """Run ``main_body(argv)`` and return its exit status (None counts as 0). The project's user errors
+    (:class:`util.errors.UserError`) and operating-system errors (a missing, unreadable or unwritable file, a full
+    disk) become one stderr line, ``<prog>: error: <message>`` (``error: <message>`` without ``prog``), and exit
+    status 2; the traceback goes to the DEBUG log. Any other exception propagates (a bug shows its traceback)."""
     from util.errors import UserError
 
     try:
         return int(main_body(argv) or 0)
-    except UserError as e:
+    except (UserError, OSError) as e:
         logging.getLogger("cli").debug("user error", exc_info=True)
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"{prog}: error: {e}" if prog else f"error: {e}", file=sys.stderr)
         return 2
