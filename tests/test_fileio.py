@@ -41,3 +41,21 @@ def test_umask_read_without_changing_it(tmp_path, monkeypatch):
         monkeypatch.undo()
         os.umask(old)
     assert stat.S_IMODE(p.stat().st_mode) == 0o640
+
+
+def test_run_cli_turns_user_and_os_errors_into_one_line(capsys):
+    from util.errors import OptionError
+    from util.logging_setup import run_cli
+
+    def raises(exc):
+        def body(argv):
+            raise exc
+        return body
+
+    assert run_cli(lambda argv: None, []) == 0 and run_cli(lambda argv: 3, []) == 3
+    assert run_cli(raises(OptionError("--netG 'x' unknown")), [], prog="train.py") == 2
+    assert capsys.readouterr().err == "train.py: error: --netG 'x' unknown\n"
+    assert run_cli(raises(PermissionError(13, "Permission denied", "/ro/out.png")), []) == 2
+    assert capsys.readouterr().err == "error: [Errno 13] Permission denied: '/ro/out.png'\n"
+    with pytest.raises(ValueError):  # a bug keeps its traceback
+        run_cli(raises(ValueError("bug")), [])
