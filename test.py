@@ -74,6 +74,8 @@ def _test(argv: Optional[Sequence[str]]) -> int:
     loader = DataLoader(dataset, batch_size=opt.batch_size, shuffle=False, num_workers=opt.num_threads,
                         collate_fn=collate_same_size, pin_memory=opt.device.type == "cuda")
     model = models.create_model(opt)
+    if total > 0:  # lazily built networks (CUT's netF) need a batch before loading
+        model.data_dependent_initialize(collate_same_size([dataset[0]])[0])
     model.setup(opt)
     if opt.amp != "none":
         log.info("inference under --amp %s autocast", opt.amp)

@@ -52,6 +52,8 @@ def _run(opt, info) -> int:
     if hasattr(model, "validate_input_size") and len(dataset) > 0:
         item = dataset[0]
         model.validate_input_size(*item["B" if "B" in item else "A"].shape[-2:])
+    if len(dataset) > 0:  # lazily built networks (CUT's netF) need a batch before loading and scheduling
+        model.data_dependent_initialize(data.collate_checked([dataset[i] for i in range(min(opt.batch_size, len(dataset)))]))
     model.setup(opt)
     model.prepare_networks(opt)
     start_epoch, total_iters = opt.epoch_count, 0

@@ -73,6 +73,12 @@ class BaseModel:
     def forward(self) -> None:
         raise NotImplementedError
 
+    def data_dependent_initialize(self, data: dict) -> None:
+        """Build networks whose shapes depend on the data (e.g. CUT's patch-sampling MLP ``netF``) from the first
+        batch ``data`` (a loader batch dict, as for :meth:`set_input`). The entry points call it once, before
+        :meth:`setup` (so the lazily built networks are loaded with the checkpoint set and get schedulers).
+        Default: nothing to build."""
+
     def optimize_parameters(self) -> None:
         raise NotImplementedError
 
