@@ -3,13 +3,18 @@
 Example::
 
     python stain_slide.py --name bci_pyramidpix2pix --input slides/ --output stained/ --gpu_ids 0
+    python stain_slide.py --backend onnxruntime --onnx bci.onnx --input slides.txt --output stained/ --shard 0/4
 
-See docs/WSI.md for the options, the resolution rules, the output layout and measured speed/memory.
+A folder or a list file (``.txt``/``.csv``) is a multi-slide run: sharded (``--shard i/n`` or torchrun / SLURM
+array environment), recorded in a per-shard manifest CSV, resumable, and going on past slides that fail (exit
+status 1 if any failed). See docs/WSI.md (options, resolution, output, speed) and docs/DEPLOY.md (many slides,
+many machines, ONNX).
 """
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
@@ -25,13 +30,26 @@ SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".mrxs", ".s
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description="H&E whole slide -> virtual IHC pyramidal BigTIFF (tiled, seamless).")
-    p.add_argument("--name", required=True, help="experiment whose generator to use (its train_opt.json rebuilds it)")
+    p.add_argument("--name", default=None,
+                   help="experiment whose generator to use (its train_opt.json rebuilds it); optional with --onnx")
     p.add_argument("--checkpoints_dir", default="./checkpoints", help="folder holding <name>/")
     p.add_argument("--epoch", default="latest", help="which <epoch>_net_G.pth to load")
-    p.add_argument("--input", required=True, help="a slide file or a folder of them")
+    p.add_argument("--input", required=True,
+                   help="a slide file, a folder of them, or a list file (.txt: one path a line; .csv: a 'path' column)")
     p.add_argument("--output", required=True,
                    help="output .tif/.tiff (for one input file) or a folder (<stem>_ihc.tiff per slide)")
-    p.add_argument("--gpu_ids", default="-1", help="GPU id, e.g. 0; -1 for CPU (only the first id is used)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace output slides that exist (a multi-slide run still skips slides its manifest lists as "
+                        "done)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="process shard I of N (0-based) of a folder or list (default: torchrun RANK/WORLD_SIZE, "
+                        "SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT, else 0/1)")
+    p.add_argument("--manifest", default=None,
+                   help="manifest CSV of this shard (default: <output>/manifest.csv, "
+                        "<output>/manifest.shard-I-of-N.csv when sharded)")
+    p.add_argument("--gpu_ids", default="-1",
+                   help="GPU id(s), e.g. 0 or 0,1; -1 for CPU. One process uses the first id, under torchrun id "
+                        "number LOCAL_RANK of the list")
     p.add_argument("--batch_size", type=int, default=4, help="tiles per forward pass")
     p.add_argument("--tile_size", type=int, default=512,
                    help="network input tile, px; a multiple of the generator's stride (resnet 4, unet_256 256)")
@@ -56,16 +74,25 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_tta_options(p)
+    from models.backends import add_backend_options
+
+    add_backend_options(p)
     return p
 
 
 def list_inputs(path: Path) -> List[Path]:
-    """The slide files to process: ``path`` itself, or the slide files of a folder (sorted).
+    """The slide files to process: ``path`` itself, the slide files of a folder (sorted), or the slides named by a
+    ``.txt``/``.csv`` list file (:func:`wsi.batch.read_list_file`; listed files are not checked here: a missing
+    one fails on its own in the run).
 
     Raises:
-        OptionError: ``path`` missing, or a folder without slide files. Files of other types in the folder are
-            listed in a warning (never skipped silently).
+        OptionError: ``path`` missing, a folder without slide files, an empty list. Files of other types in the
+            folder are listed in a warning (never skipped silently).
     """
+    from wsi.batch import is_list_file, read_list_file
+
+    if is_list_file(path):
+        return read_list_file(path)
     if path.is_file():
         return [path]
     if not path.exists():
@@ -89,7 +116,7 @@ def output_for(inputs: Sequence[Path], input_arg: Path, output: Path) -> List[Tu
             and ``a.tiff``: one would silently overwrite the other); an output that is one of the inputs.
     """
     is_file_out = output.suffix.lower() in (".tif", ".tiff")
-    if input_arg.is_dir() or len(inputs) > 1:
+    if input_arg.is_dir() or len(inputs) > 1 or input_arg.suffix.lower() in (".txt", ".csv"):
         if is_file_out:
             raise OptionError(f"--input '{input_arg}' is a folder, so --output must be a folder, not '{output}'")
         jobs = [(p, output / f"{p.stem}_ihc.tiff") for p in inputs]
@@ -118,26 +145,73 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return run_cli(_run, opt, prog="stain_slide.py")
 
 
-def _run(opt: argparse.Namespace) -> int:
+def _device(opt: argparse.Namespace) -> str:
     import torch
 
-    from models.inference import load_generator
-    from models.networks import generator_extras, generator_stride
-    from wsi.pipeline import DEFAULT_TARGET_MPP, StainSettings, plan_reading, validate_settings
-    from wsi.reader import open_slide
-
     try:
-        gpu = int(str(opt.gpu_ids).split(",")[0])
+        ids = [int(t) for t in str(opt.gpu_ids).split(",")]
     except ValueError:
         raise OptionError(f"--gpu_ids '{opt.gpu_ids}': expected a GPU id such as 0 (or 0,1: the first is used), "
                           "or -1 for the CPU") from None
+    gpu = ids[0]
+    if "LOCAL_RANK" in os.environ and gpu >= 0:  # torchrun: one GPU of the list per local process
+        gpu = ids[int(os.environ["LOCAL_RANK"]) % len(ids)]
     if gpu >= 0 and not torch.cuda.is_available():
         raise OptionError(f"--gpu_ids {opt.gpu_ids}: CUDA is not available on this machine; use --gpu_ids -1")
-    device = f"cuda:{gpu}" if gpu >= 0 else "cpu"
+    return f"cuda:{gpu}" if gpu >= 0 else "cpu"
 
-    inputs = list_inputs(Path(opt.input))
-    jobs = output_for(inputs, Path(opt.input), Path(opt.output))
+
+def _generator(opt: argparse.Namespace, device: str):
+    """``(generator, train_opt, description)`` for ``--backend``: the PyTorch generator of ``--name``, or the
+    ``--onnx`` export run by onnxruntime (options from its sidecar, checked against ``--name``'s when given)."""
+    from models.backends import OnnxGenerator, check_backend_options, check_sidecar
+
+    check_backend_options(opt)
+    if opt.backend == "onnxruntime":
+        from models.export import read_sidecar
+        from options import load_train_options
+
+        side = read_sidecar(opt.onnx)
+        train_opt = dict(side.get("options") or {})
+        if side.get("mpp") is not None:
+            train_opt.setdefault("mpp", side["mpp"])
+        if opt.name:
+            check_sidecar(side, load_train_options(opt.checkpoints_dir, opt.name), opt.onnx)
+        if "netG" not in train_opt:
+            raise OptionError(f"--onnx '{opt.onnx}': its sidecar lacks the generator options (netG)")
+        net = OnnxGenerator(opt.onnx, device=device, threads=opt.ort_threads)
+        return net, train_opt, (f"{Path(opt.onnx).name} (onnxruntime; {side.get('name')}, {train_opt['netG']}, "
+                                f"epoch {side.get('epoch')})")
+    if not opt.name:
+        raise OptionError("--name is required (or --backend onnxruntime --onnx FILE)")
+    from models.inference import load_generator
+
     netG, train_opt = load_generator(opt.checkpoints_dir, opt.name, opt.epoch, device=device)
+    return netG, train_opt, f"{opt.name} ({train_opt.get('model')}, {train_opt['netG']}, epoch {opt.epoch})"
+
+
+def _run(opt: argparse.Namespace) -> int:
+    from models.networks import generator_extras, generator_stride
+    from wsi.batch import is_list_file
+    from wsi.pipeline import DEFAULT_TARGET_MPP, StainSettings, plan_reading, validate_settings
+    from wsi.reader import open_slide
+
+    device = _device(opt)
+    input_arg = Path(opt.input)
+    multi = input_arg.is_dir() or is_list_file(input_arg)
+    inputs = list_inputs(input_arg)
+    jobs = output_for(inputs, input_arg, Path(opt.output))
+    if multi:
+        from wsi.batch import resolve_shard
+
+        shard = resolve_shard(opt.shard)
+    elif opt.shard is not None:
+        raise OptionError(f"--shard {opt.shard}: --input '{input_arg}' is one slide; shards split a folder or a list")
+    else:
+        src, dst = jobs[0]
+        if dst.exists() and not opt.overwrite:
+            raise OptionError(f"--output '{dst}' exists; pass --overwrite to replace it")
+    netG, train_opt, described = _generator(opt, device)
     if train_opt.get("input_nc", 3) != 3 or train_opt.get("output_nc", 3) != 3:
         raise OptionError(f"--name {opt.name}: stain_slide needs an RGB->RGB generator, the run has input_nc "
                           f"{train_opt.get('input_nc')} / output_nc {train_opt.get('output_nc')}")
@@ -147,12 +221,10 @@ def _run(opt: argparse.Namespace) -> int:
                       level=opt.level, tissue_mask=not opt.no_tissue_mask, compression=opt.compression,
                       stride_multiple=generator_stride(train_opt["netG"], **generator_extras(train_opt)), device=device, precision=opt.precision,
                       progress=not opt.no_progress, tmp_dir=opt.tmp_dir,
-                      info={"model": f"{opt.name} ({train_opt.get('model')}, {train_opt['netG']}, epoch {opt.epoch})",
-                            "target MPP": str(target)})
+                      info={"model": described, "target MPP": str(target)})
     validate_settings(s)
-    # check every input before writing anything
-    for src, _ in jobs:
-        with open_slide(src) as r:
+    if not multi:  # check the input before writing anything
+        with open_slide(jobs[0][0]) as r:
             plan_reading(r, s.target_mpp, s.slide_mpp, s.level)
 
     generator = netG
@@ -169,10 +241,16 @@ def _run(opt: argparse.Namespace) -> int:
 
     from wsi.pipeline import stain_slide
 
-    for src, dst in jobs:
+    if not multi:
+        src, dst = jobs[0]
         summary = stain_slide(generator, src, dst, s)
         log.info("%s -> %s: %s tiles in %.1f s", src, dst, summary["tiles_run"], summary["seconds"])
-    return 0
+        return 0
+    from wsi.batch import run_many
+
+    failed = run_many(lambda a, b: stain_slide(generator, a, b, s), jobs, Path(opt.output), shard,
+                      manifest=Path(opt.manifest) if opt.manifest else None, overwrite=opt.overwrite)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

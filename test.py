@@ -77,6 +77,9 @@ def _test(argv: Optional[Sequence[str]]) -> int:
     if total > 0:  # lazily built networks (CUT's netF) need a batch before loading
         model.data_dependent_initialize(collate_same_size([dataset[0]])[0])
     model.setup(opt)
+    from models.backends import use_backend
+
+    use_backend(model, opt)  # --backend onnxruntime: the exported generator replaces the PyTorch one
     if opt.amp != "none":
         log.info("inference under --amp %s autocast", opt.amp)
     if opt.train_mode_inference:

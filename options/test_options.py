@@ -18,6 +18,9 @@ def add_test_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     from models.tta import add_tta_options
 
     add_tta_options(g)
+    from models.backends import add_backend_options
+
+    add_backend_options(g)
     from options.train_options import add_speed_options
 
     add_speed_options(parser, is_train=False)
