@@ -166,3 +166,43 @@ def use_backend(model, opt: argparse.Namespace) -> None:
     check_sidecar(read_sidecar(opt.onnx), vars(opt), opt.onnx)
     setattr(model, attr, OnnxGenerator(opt.onnx, device=model.device, threads=opt.ort_threads))
     log.info("%s runs on onnxruntime: %s", attr, opt.onnx)
+
+
+#: PyTorch CPU inference options measured by scripts/bench_infer.py (``eager`` is the float32 NCHW reference).
+TORCH_CPU_OPTIONS = ("eager", "channels_last", "winograd", "bf16")
+
+
+def torch_cpu_generator(net: nn.Module, option: str = "eager"):
+    """A callable ``(N, C, H, W)`` float32 in [-1, 1] -> float32 output running ``net`` (eval mode, CPU) with one of
+    :data:`TORCH_CPU_OPTIONS` under ``torch.inference_mode``:
+
+    * ``eager``: as it is (NCHW float32);
+    * ``channels_last``: network and input in NHWC memory format (same arithmetic, other kernels);
+    * ``winograd``: channels-last plus Winograd F(4x4, 3x3) for the eligible 3x3 convolutions
+      (:func:`models.networks.winograd.enable_winograd`; float32, ~1e-5 relative rounding differences);
+    * ``bf16``: channels-last under ``torch.autocast('cpu', dtype=torch.bfloat16)`` (oneDNN bf16; 8-bit mantissa, so
+      outputs differ from float32 by ~1e-2; fast only on CPUs with AVX512-BF16 or AMX).
+
+    ``net`` is modified in place (memory format, convolution class; parameters and state-dict keys unchanged).
+
+    Raises:
+        OptionError: an unknown option.
+    """
+    if option not in TORCH_CPU_OPTIONS:
+        raise OptionError(f"unknown CPU inference option '{option}'; choose {', '.join(TORCH_CPU_OPTIONS)}")
+    net.eval()
+    cl = option != "eager"
+    if cl:
+        net.to(memory_format=torch.channels_last)
+    if option == "winograd":
+        from models.networks.winograd import enable_winograd
+
+        enable_winograd(net)
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        if cl:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=option == "bf16"):
+            return net(x).float().contiguous()
+
+    return run
