@@ -103,12 +103,14 @@ def child(a) -> dict:
     from models.networks import define_G
 
     cfg, size, folder = a.child_config, a.child_size, Path(a.child_dir)
+    if a.threads:
+        torch.set_num_threads(a.threads)
     x = real_tiles(size, a.batch_size)
     rss_before = peak_rss_mb()
     if cfg == "onnxruntime":
         from models.backends import OnnxGenerator
 
-        g = OnnxGenerator(folder / "G.onnx")
+        g = OnnxGenerator(folder / "G.onnx", threads=a.threads)
 
         def run(t):
             return g(t)
@@ -129,7 +131,7 @@ def child(a) -> dict:
             break
     return {"config": cfg, "size": size, "batch": a.batch_size, "iters": n, "seconds": round(dt, 3),
             "tiles_per_s": n * a.batch_size / dt, "peak_rss_mb": peak_rss_mb(), "rss_before_run_mb": rss_before,
-            "threads": torch.get_num_threads()}
+            "threads": a.threads or (os.cpu_count() or 1)}
 
 
 def peak_rss_mb() -> float:
@@ -153,13 +155,14 @@ def _fmt(v, nd=2):
 
 
 def table(rows, cores: int, overlap: int) -> str:
-    lines = ["| tile | backend / option | tiles/s | vs eager | Mpx/s per core | peak RSS (MiB) | max abs diff vs eager "
-             "| PSNR vs eager (dB) |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| tile | backend / option | tiles/s (median) | runs | vs eager | Mpx/s per core | peak RSS (MiB) | max abs diff vs eager "
+             "| PSNR vs eager (dB) |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        mpx = r["tiles_per_s"] * r["size"] ** 2 / 1e6 / cores
+        mpx = r["tiles_per_s"] * r["size"] ** 2 / 1e6 / r.get("threads", cores)
         diff = "0 (reference)" if r["config"] == "eager" else f"{r['max_abs_diff']:.2g}"
+        tps = "/".join(f"{v:.3g}" for v in r.get("all_tiles_per_s", [r["tiles_per_s"]]))
         psnr = "-" if r["config"] == "eager" else _fmt(r["psnr_db"], 1)
-        lines.append(f"| {r['size']} | {r['config']} | {r['tiles_per_s']:.3g} | {r['speedup']:.2f}x | {mpx:.3f} | "
+        lines.append(f"| {r['size']} | {r['config']} | {r['tiles_per_s']:.3g} | {tps} | {r['speedup']:.2f}x | {mpx:.3f} | "
                      f"{r['peak_rss_mb']:.0f} | {diff} | {psnr} |")
     return "\n".join(lines)
 
@@ -175,6 +178,12 @@ def main(argv=None) -> int:
     p.add_argument("--min_iters", type=int, default=3)
     p.add_argument("--min_seconds", type=float, default=5.0)
     p.add_argument("--overlap", type=int, default=64, help="stain_slide overlap for the whole-slide rate")
+    p.add_argument("--threads", type=int, default=0,
+                   help="threads per configuration (PyTorch intra-op, onnxruntime intra-op); 0: the libraries' "
+                        "defaults (all cores). 1 gives per-core figures that stay stable on a shared machine")
+    p.add_argument("--repeats", type=int, default=1, help="interleaved repeats per size (median reported)")
+    p.add_argument("--jsonl", default=None, help="append each measurement to this file")
+    p.add_argument("--from_jsonl", nargs="*", default=[], help="no measuring: build the table from these files")
     p.add_argument("--markdown", default=None, help="write the table into this file between the bench markers")
     p.add_argument("--label", default=None, help="machine description for the markdown block")
     p.add_argument("--child_config", help=argparse.SUPPRESS)
@@ -192,36 +201,57 @@ def main(argv=None) -> int:
 
     cores = os.cpu_count() or 1
     configs = ["eager"] + [c for c in a.configs if c != "eager"]
+    runs = [json.loads(line) for f in a.from_jsonl for line in Path(f).read_text().splitlines() if line.strip()]
+    if not a.from_jsonl:
+        with tempfile.TemporaryDirectory(prefix="bench_infer.") as tmp:
+            folder = Path(tmp)
+            a.configs = configs
+            build_reference(a, folder)
+            for size in a.sizes:
+                for rep in range(a.repeats):  # interleaved, so that every configuration sees the same load drift
+                    for cfg in configs:
+                        cmd = [sys.executable, __file__, "--child_config", cfg, "--child_size", str(size),
+                               "--child_dir", tmp, "--netG", a.netG, "--ngf", str(a.ngf), "--norm", a.norm,
+                               "--batch_size", str(a.batch_size), "--min_iters", str(a.min_iters),
+                               "--min_seconds", str(a.min_seconds), "--threads", str(a.threads)]
+                        r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True,
+                                                      cwd=ROOT).stdout.strip().splitlines()[-1])
+                        r.update(compare_outputs(np.load(folder / f"out_eager_{size}.npy"),
+                                                 np.load(folder / f"out_{cfg}_{size}.npy")))
+                        r.update({"repeat": rep, "netG": a.netG, "ngf": a.ngf, "cores": cores})
+                        runs.append(r)
+                        print(json.dumps(r), flush=True)
+                        if a.jsonl:
+                            with open(a.jsonl, "a", encoding="utf-8") as f:
+                                f.write(json.dumps(r) + "\n")
     rows = []
-    with tempfile.TemporaryDirectory(prefix="bench_infer.") as tmp:
-        folder = Path(tmp)
-        a.configs = configs
-        build_reference(a, folder)
-        for size in a.sizes:
-            for cfg in configs:
-                cmd = [sys.executable, __file__, "--child_config", cfg, "--child_size", str(size), "--child_dir", tmp,
-                       "--netG", a.netG, "--ngf", str(a.ngf), "--norm", a.norm, "--batch_size", str(a.batch_size),
-                       "--min_iters", str(a.min_iters), "--min_seconds", str(a.min_seconds)]
-                r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True,
-                                              cwd=ROOT).stdout.strip().splitlines()[-1])
-                ref = np.load(folder / f"out_eager_{size}.npy")
-                out = np.load(folder / f"out_{cfg}_{size}.npy")
-                r.update(compare_outputs(ref, out))
-                r["speedup"] = r["tiles_per_s"] / next(x["tiles_per_s"] for x in rows + [r]
-                                                       if x["config"] == "eager" and x["size"] == size)
-                rows.append(r)
-                print(json.dumps(r), flush=True)
+    for size in sorted({r["size"] for r in runs}):
+        for cfg in CONFIGS:
+            rs = [r for r in runs if r["size"] == size and r["config"] == cfg]
+            if not rs:
+                continue
+            row = dict(rs[0])
+            row["tiles_per_s"] = float(np.median([r["tiles_per_s"] for r in rs]))
+            row["all_tiles_per_s"] = [round(r["tiles_per_s"], 4) for r in rs]
+            row["peak_rss_mb"] = max(r["peak_rss_mb"] for r in rs)
+            rows.append(row)
+    for row in rows:
+        eager = next((r for r in rows if r["size"] == row["size"] and r["config"] == "eager"), None)
+        row["speedup"] = row["tiles_per_s"] / eager["tiles_per_s"] if eager else float("nan")
     md = table(rows, cores, a.overlap)
     best512 = max((r for r in rows if r["size"] == 512), key=lambda r: r["tiles_per_s"], default=None)
     label = a.label or f"{platform.processor() or platform.machine()}, {cores} cores"
     notes = [f"Machine: {label}; torch {torch.__version__}, onnxruntime "
-             f"{_version('onnxruntime')}; {a.netG} ngf {a.ngf} {a.norm} norm, batch {a.batch_size}, "
-             f"{torch.get_num_threads()} PyTorch threads. Mpx/s per core counts the tile's pixels."]
+             f"{_version('onnxruntime')}; {rows[0]['netG'] if rows else a.netG} ngf {rows[0]['ngf'] if rows else a.ngf}, "
+             f"batch {rows[0]['batch'] if rows else a.batch_size}, {rows[0]['threads'] if rows else '?'} PyTorch "
+             f"threads per run (onnxruntime the same); medians of the runs listed. Mpx/s per core = tile pixels per "
+             "second / threads."]
     if best512 is not None:
         step = 512 - a.overlap
         rate = best512["tiles_per_s"] * step * step / 1e6
         notes.append(f"Whole-slide rate at 512 px tiles (overlap {a.overlap}: {step}x{step} new px per tile), fastest "
-                     f"option ({best512['config']}): {rate:.3f} Mpx/s, {rate / cores:.3f} Mpx/s per core "
+                     f"option ({best512['config']}): {rate:.3f} Mpx/s with {best512.get('threads', cores)} "
+                     f"thread(s), {rate / best512.get('threads', cores):.3f} Mpx/s per core "
                      "(generator only; tissue detection skips background).")
     block = "\n".join([BEGIN, "", *notes, "", md, "", END])
     print(block)
