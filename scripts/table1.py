@@ -32,6 +32,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from util.errors import OptionError, UserError  # noqa: E402
 from util.fileio import atomic_write_text  # noqa: E402
+from util.logging_setup import HelpFormatter  # noqa: E402
 
 log = logging.getLogger("table1")
 
@@ -96,7 +97,7 @@ class StepFailed(UserError):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--dataroot", default=None,
                    help="BCI-layout dataset (HE/train, IHC/train, HE/test, IHC/test); with --smoke and no --dataroot "
                         "the sample dataset is built under --out_dir")
