@@ -153,7 +153,8 @@ def row_commands(method: Method, args: argparse.Namespace, dataroot: Path, out_d
             train.append("--no_vgg_loss")
         elif args.vgg_weights:
             train += ["--vgg_weights", args.vgg_weights]
-    test = common + ["--model", _train_model(method), "--results_dir", res, "--num_threads", "0"] + list(method.test)
+    test = common + ["--model", _train_model(method), "--results_dir", res, "--num_threads", "0",
+                     "--overwrite"] + list(method.test)  # a row retrains, so its results replace the old ones
     if args.num_test is not None:
         test += ["--num_test", str(args.num_test)]
     evaluate = ["--result_path", str(Path(res) / name), "--no_progress"]
