@@ -74,9 +74,13 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         add_tta_options(p)
-    from models.backends import add_backend_options
+    from models.backends import TORCH_CPU_OPTIONS, add_backend_options
 
     add_backend_options(p)
+    p.add_argument("--cpu_path", default="eager", choices=TORCH_CPU_OPTIONS,
+                   help="PyTorch CPU inference option (--backend torch, --gpu_ids -1): eager float32; channels_last; "
+                        "winograd (channels-last + Winograd F(4x4,3x3)); bf16 autocast (oneDNN; outputs ~40 dB from "
+                        "fp32). See docs/PERFORMANCE.md")
     return p
 
 
@@ -168,6 +172,9 @@ def _generator(opt: argparse.Namespace, device: str):
 
     check_backend_options(opt)
     if opt.backend == "onnxruntime":
+        if opt.cpu_path != "eager":
+            raise OptionError(f"--cpu_path {opt.cpu_path} is a PyTorch option; it does not apply to --backend "
+                              "onnxruntime")
         from models.export import read_sidecar
         from options import load_train_options
 
@@ -187,7 +194,14 @@ def _generator(opt: argparse.Namespace, device: str):
     from models.inference import load_generator
 
     netG, train_opt = load_generator(opt.checkpoints_dir, opt.name, opt.epoch, device=device)
-    return netG, train_opt, f"{opt.name} ({train_opt.get('model')}, {train_opt['netG']}, epoch {opt.epoch})"
+    described = f"{opt.name} ({train_opt.get('model')}, {train_opt['netG']}, epoch {opt.epoch})"
+    if opt.cpu_path != "eager":
+        if device != "cpu":
+            raise OptionError(f"--cpu_path {opt.cpu_path} is a CPU option; on {device} use --precision")
+        from models.backends import torch_cpu_generator
+
+        return torch_cpu_generator(netG, opt.cpu_path), train_opt, f"{described}, CPU path {opt.cpu_path}"
+    return netG, train_opt, described
 
 
 def _run(opt: argparse.Namespace) -> int:

@@ -196,3 +196,14 @@ def test_list_file_input_and_onnxruntime_backend(tmp_path, exp, slides):
         b = tifffile.imread(tmp_path / "o" / f"s{k}_ihc.tiff").astype(int)
         assert a.shape == b.shape == (100, 120, 3) and np.abs(a - b).max() <= 1
     assert sorted(_rows(tmp_path / "o" / "manifest.csv")) == ["s0.png", "s2.png"]
+
+
+@pytest.mark.parametrize("path", ["channels_last", "winograd"])
+def test_cpu_paths_stain_like_eager(tmp_path, exp, slides, path):
+    import tifffile
+
+    src = slides / "s0.png"
+    assert stain_slide.main(_args(exp, src, tmp_path / "e.tiff")) == 0
+    assert stain_slide.main(_args(exp, src, tmp_path / "f.tiff", "--cpu_path", path)) == 0
+    a, b = (tifffile.imread(tmp_path / f).astype(int) for f in ("e.tiff", "f.tiff"))
+    assert np.abs(a - b).max() <= 1
