@@ -122,10 +122,8 @@ def check_exportable(net: nn.Module, example: torch.Tensor) -> None:
 
 
 def _prepared(net: nn.Module) -> nn.Module:
-    net = net.eval()
-    for p in net.parameters():
-        p.requires_grad_(False)
-    return net
+    """``net`` switched to eval mode (in place: exports are inference graphs)."""
+    return net.eval()
 
 
 def export_onnx(net: nn.Module, path: PathLike, example: torch.Tensor, opset: int = ONNX_OPSET) -> Path:

@@ -49,8 +49,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run(opt: argparse.Namespace) -> int:
-    import torch
-
     from models import export as E
     from models.inference import generator_file, load_generator
     from models.networks import generator_extras, generator_stride
@@ -61,7 +59,6 @@ def _run(opt: argparse.Namespace) -> int:
         raise OptionError(f"--output '{out}' exists; pass --overwrite to replace it")
     if opt.verify_count < 1 or opt.verify_tile < 1 or not opt.tolerance >= 0:
         raise OptionError("--verify_count and --verify_tile must be >= 1 and --tolerance >= 0")
-    torch.set_grad_enabled(False)
     net, train_opt = load_generator(opt.checkpoints_dir, opt.name, opt.epoch, device="cpu")
     ckpt = generator_file(train_opt, Path(opt.checkpoints_dir) / opt.name, str(opt.epoch))
     stride = generator_stride(train_opt["netG"], **generator_extras(train_opt))

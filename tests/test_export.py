@@ -91,6 +91,7 @@ def test_torchscript_export_matches_pytorch(run, tmp_path):
     out = tmp_path / "g.pt"
     assert export_cli.main(["--name", "p2p", "--checkpoints_dir", str(run), "--format", "torchscript", "--output",
                             str(out), "--verify_tile", "64", "--verify_count", "1"]) == 0
+    assert torch.is_grad_enabled()  # the export leaves the process's autograd mode alone
     net, _ = load_generator(run, "p2p")
     m = torch.jit.load(str(out))
     x = _real_batch()
