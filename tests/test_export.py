@@ -152,3 +152,12 @@ def test_test_py_backend_option_errors(sample_bci, run, tmp_path, capsys, extra,
     rc = test_script.main(["--dataroot", str(sample_bci), "--checkpoints_dir", str(run), "--name", "p2p",
                            "--num_threads", "0", "--results_dir", str(tmp_path), *extra])
     assert rc == 2 and expect in capsys.readouterr().err
+
+
+def test_export_above_tolerance_fails_and_leaves_nothing(run, tmp_path, capsys):
+    out = tmp_path / "g.onnx"
+    rc = export_cli.main(["--name", "p2p", "--checkpoints_dir", str(run), "--format", "onnx", "--output", str(out),
+                          "--verify_tile", "64", "--verify_count", "1", "--tolerance", "0"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "differs from PyTorch by up to" in err and "tolerance 0" in err
+    assert list(tmp_path.iterdir()) == []
