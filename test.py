@@ -41,8 +41,8 @@ def _test(argv: Optional[Sequence[str]]) -> int:
     import data
     import models
     import options
-    from util.html import HTMLPage
     from util.image_io import save_png, tensor_to_uint8
+    from util.result_page import add_result_row, start_result_page
     from util.logging_setup import setup_logging
 
     opt = options.parse_test(argv)
@@ -89,7 +89,7 @@ def _test(argv: Optional[Sequence[str]]) -> int:
     img_dir.mkdir(parents=True, exist_ok=True)
     log.info("testing %d of %d images of '%s' (phase %s) with %s epoch %s -> %s", n, total, opt.dataroot,
              opt.phase, opt.name, opt.epoch, out_dir)
-    page = HTMLPage(out_dir, f"{opt.name}: {opt.phase}, epoch {opt.epoch}")
+    page = start_result_page(out_dir, f"{opt.name}: {opt.phase}, epoch {opt.epoch}")
     done = 0
     with tqdm(total=n, desc="test", unit="img", disable=None) as bar:
         for groups in loader:
@@ -104,14 +104,10 @@ def _test(argv: Optional[Sequence[str]]) -> int:
                     if done >= n:
                         break
                     stem = Path(paths[b]).stem
-                    names, labels = [], []
-                    for label, t in visuals.items():
-                        fname = f"{stem}_{label}.png"
-                        save_png(tensor_to_uint8(t[b]), img_dir / fname)
-                        names.append(f"images/{fname}")
-                        labels.append(f"{stem} {label}")
-                    page.add_header(stem)
-                    page.add_images(names, labels, names, width=opt.display_winsize)
+                    arrays = {label: tensor_to_uint8(t[b]) for label, t in visuals.items()}
+                    for label, a in arrays.items():
+                        save_png(a, img_dir / f"{stem}_{label}.png")
+                    add_result_row(page, stem, arrays, opt.display_winsize, opt.page_scores)
                     done += 1
                     bar.update(1)
             if done >= n:

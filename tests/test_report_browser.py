@@ -3,6 +3,7 @@
 Needs selenium and a Chromium with its chromedriver (`.ci/run` installs them: Debian `chromium chromium-driver`,
 `pip install selenium`); skipped with the reason where they cannot be installed. No network: file:// pages only.
 """
+import re
 import shutil
 
 import pytest
@@ -75,3 +76,22 @@ def test_report_renders_and_sorts_in_chromium(tmp_path, browser, capsys):
     assert names == sorted(names)
     browser.save_screenshot(str(tmp_path / "report.png"))
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+def test_test_page_labels_and_links_to_the_report_in_chromium(tmp_path, browser):
+    import evaluate
+    from tests.test_result_page import write_page
+
+    run = tmp_path / "exp" / "test_latest"
+    write_page(run, n=4)
+    assert evaluate.main(["--result_path", str(tmp_path / "exp"), "--no_progress", "--num_workers", "1"]) == 0
+    browser.get((run / "index.html").as_uri())
+    imgs = _loaded_images(browser)
+    assert len(imgs) == 12 and all(ok for _, ok in imgs), imgs
+    captions = [e.text for e in browser.find_elements("css selector", "table.images p")]
+    assert captions.count("H&E") == captions.count("virtual IHC") == captions.count("real IHC") == 4
+    headers = [e.text for e in browser.find_elements("css selector", "h3")]
+    assert all(re.search(r": PSNR \d+\.\d\d dB, SSIM [01]\.\d{4}$", h) for h in headers), headers
+    browser.find_element("link text", "report.html").click()
+    assert browser.current_url.endswith("/report.html")
+    assert browser.find_elements("css selector", "table.gallery.best tr")

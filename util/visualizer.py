@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from util.html import HTMLPage
+from util.html import HTMLPage, visual_label
 from util.image_io import save_png, tensor_to_uint8
 
 log = logging.getLogger(__name__)
@@ -275,7 +275,8 @@ class Visualizer:
                 continue
             page.add_header(f"epoch [{n}]")
             paths = [f"images/epoch{n:03d}_{lb}.png" for lb in present]
-            page.add_images(paths, present, paths, width=self.win_size)
+            captions = [visual_label(lb) if visual_label(lb) == lb else f"{visual_label(lb)} ({lb})" for lb in present]
+            page.add_images(paths, captions, paths, width=self.win_size)
         page.save()
 
     def plot_current_losses(self, epoch: int, counter_ratio: float, losses: Mapping[str, float]) -> None:
