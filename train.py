@@ -70,10 +70,12 @@ def _run(opt, info) -> int:
     exp_dir = Path(opt.checkpoints_dir) / opt.name / "train_opt.json"
     if info.is_main:
         exp_dir = options.save_options(opt)
-    log.info("%s", options.format_options(opt))
+    # the full option dump is in train_opt.txt; on screen only with --verbose
+    log.debug("%s", options.format_options(opt))
     log.info("training %s on %d images (batch %d per process x %d process%s = global batch %d) from %s; options "
              "saved to %s", opt.model, len(dataset), opt.batch_size, info.world_size,
-             "es" if info.world_size > 1 else "", opt.batch_size * info.world_size, opt.dataroot, exp_dir)
+             "es" if info.world_size > 1 else "", opt.batch_size * info.world_size, opt.dataroot,
+             exp_dir.with_suffix(".txt"))
     visualizer = Visualizer(opt)
     guard = FiniteGuard(model)
     last_epoch = opt.n_epochs + opt.n_epochs_decay
@@ -87,6 +89,10 @@ def _run(opt, info) -> int:
         model.save_training_state(label, epoch, total_iters, extra)
 
     t_start = time.time()
+    from util.progress import ProgressReporter
+
+    progress = ProgressReporter(start_epoch, last_epoch, len(loader), opt.progress_interval,
+                                enabled=None if info.is_main else False)
     for epoch in range(start_epoch, last_epoch + 1):
         if sampler is not None:
             sampler.set_epoch(epoch)
@@ -123,6 +129,7 @@ def _run(opt, info) -> int:
                 log.info("saving the latest model (epoch %d, total_iters %d)", epoch, total_iters)
                 if info.is_main:
                     model.save_networks(f"iter_{total_iters}" if opt.save_by_iter else "latest")
+            progress.update(epoch, i, n)
             t_data0 = time.time()
         guard.check()
         losses = distributed.mean_losses(model.get_current_losses(), info.device)
