@@ -47,8 +47,14 @@ def _test(argv: Optional[Sequence[str]]) -> int:
 
     opt = options.parse_test(argv)
     setup_logging(opt.verbose)
-    train_opt = options.load_train_options(opt.checkpoints_dir, opt.name)
-    options.apply_train_options(opt, train_opt)
+    from options.release import describe, resolve_train_options
+
+    # train_opt.json, else the release's train_opt.txt, else the command line and the model's (release) defaults
+    train_opt, source = resolve_train_options(opt.checkpoints_dir, opt.name, options.build_parser(
+        False, [f"--model={opt.model}", f"--dataset_mode={opt.dataset_mode}"]))
+    log.info("%s", describe(source, Path(opt.checkpoints_dir) / opt.name))
+    if train_opt:
+        options.apply_train_options(opt, train_opt)
     explicit = set(opt.explicit)
     if "preprocess" not in explicit:
         opt.preprocess = "none"  # native resolution unless asked
