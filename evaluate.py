@@ -56,6 +56,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report_gallery", type=int, default=8,
                    help="images in each of the best/worst galleries of report.html")
     p.add_argument("--no_report", action="store_true", help="do not write report.html and its plots")
+    p.add_argument("--tensorboard_dir", default=None,
+                   help="also log the metrics (eval/psnr, ...) as TensorBoard scalars here, e.g. "
+                        "checkpoints/<name>/tensorboard (step: the epoch, 0 for latest)")
+    p.add_argument("--wandb_dir", default=None, help="also log the metrics to a wandb run in this folder")
+    p.add_argument("--wandb_mode", default="auto", choices=["auto", "offline", "online"],
+                   help="auto: online when a wandb API key is configured, else offline")
     p.add_argument("--no_progress", action="store_true", help="hide progress bars")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
@@ -144,6 +150,12 @@ def run(opt: argparse.Namespace) -> List[dict]:
         if not opt.no_report:
             paths += write_run_report(run_dir, summary, scores, opt.report_gallery)[:1]
         results.append((summary, scores, run_dir))
+        if opt.tensorboard_dir or opt.wandb_dir:
+            from util.trackers import log_evaluation
+
+            sub = (lambda d: None if d is None else (Path(d) / exp if len(runs) > 1 else Path(d)))
+            log_evaluation(summary, int(opt.epoch) if str(opt.epoch).isdigit() else 0, sub(opt.tensorboard_dir),
+                           sub(opt.wandb_dir), opt.wandb_mode)
         psnr = "n/a" if summary["psnr"] is None else f"{summary['psnr']:.2f} dB"
         inf = f" ({summary['psnr_n_infinite']} identical pair(s) excluded)" if summary["psnr_n_infinite"] else ""
         print(f"{exp}/{run_name}: n={summary['n_images']}  PSNR {psnr}{inf}  SSIM {summary['ssim']:.4f}  "

@@ -115,7 +115,7 @@ def _run(opt, info) -> int:
                 guard.check()
                 model.compute_visuals()
                 visualizer.display_current_results(model.get_current_visuals(), epoch,
-                                                   total_iters % opt.update_html_freq < n)
+                                                   total_iters % opt.update_html_freq < n, step=total_iters)
             if total_iters % opt.print_freq < n:
                 guard.check()
                 # the only host-device synchronisation of the loop; under DDP the mean over the processes
@@ -136,6 +136,7 @@ def _run(opt, info) -> int:
         # the plateau policy steps on this value: the same on every process, so their learning rates agree
         model.metric = distributed.mean_scalar(sum(losses.values()) if losses else 0.0, info.device)
         lr = model.update_learning_rate()
+        visualizer.log_scalars({"lr": lr}, total_iters)  # --use_tensorboard / --use_wandb
         save("latest", epoch)
         if epoch % opt.save_epoch_freq == 0 or epoch == last_epoch:
             save(epoch, epoch)
