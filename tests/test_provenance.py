@@ -70,10 +70,14 @@ def test_evaluate_refuses_weights_with_a_wrong_hash(tmp_path, capsys):
 
 def test_metrics_json_carries_provenance_and_the_manifest_checkpoint(tmp_path, capsys):
     exp = tmp_path / "exp"
-    _make_run(exp, n=3)
+    img_dir = _make_run(exp, n=3)
     checkpoint = {"label": "latest", "dir": "checkpoints/exp", "set_id": "abc123",
                   "files": {"latest_net_G.pth": "0" * 64}}
-    (exp / "test_latest" / "run_manifest.json").write_text(json.dumps({"version": 1, "checkpoint": checkpoint}))
+    stems = sorted(p.name[: -len("_fake_B.png")] for p in img_dir.glob("*_fake_B.png"))
+    images = [{"stem": st, "files": {r: f"images/{st}_{r}.png" for r in ("real_A", "fake_B", "real_B")},
+               "flags": []} for st in stems]
+    (exp / "test_latest" / "run_manifest.json").write_text(json.dumps(
+        {"version": 1, "checkpoint": checkpoint, "images": images, "flagged": {}}))
     argv = ["--result_path", str(exp), "--no_progress", "--num_workers", "1", "--no_report"]
     assert evaluate.main(argv) == 0, capsys.readouterr().err
     prov = json.loads((exp / "test_latest" / "metrics.json").read_text())["provenance"]

@@ -47,13 +47,14 @@ def image_scores(real: np.ndarray, fake: np.ndarray, which: str = "psnr_ssim") -
 
 
 def add_result_row(page: HTMLPage, stem: str, images: Mapping[str, np.ndarray], width: int,
-                   scores: str = "psnr_ssim", images_rel: str = "images") -> Optional[str]:
-    """Add one image's row: a header with ``stem`` (and its scores when ``real_B`` and ``fake_B`` are present), then
-    the visuals ``<images_rel>/<stem>_<name>.png`` captioned with their labels. Returns the score text or None."""
+                   scores: str = "psnr_ssim", images_rel: str = "images", header_suffix: str = "") -> Optional[str]:
+    """Add one image's row: a header with ``stem`` and ``header_suffix`` (and its scores when ``real_B`` and
+    ``fake_B`` are present), then the visuals ``<images_rel>/<stem>_<name>.png`` captioned with their labels.
+    Returns the score text or None."""
     text = None
     if "real_B" in images and "fake_B" in images and images["real_B"].ndim == 3:
         text = image_scores(images["real_B"], images["fake_B"], scores) or None
-    page.add_header(f"{stem}: {text}" if text else stem)
+    page.add_header(stem + header_suffix + (f": {text}" if text else ""))
     names = [f"{images_rel}/{stem}_{name}.png" for name in images]
     page.add_images(names, [visual_label(n) for n in images], names, width=width)
     return text
