@@ -148,7 +148,8 @@ def r_text(summary: dict) -> str:
     """``'r = 0.912, 95 % CI [0.80, 0.96] (bootstrap), [0.78, 0.97] (Fisher z)'`` or ``'r undefined'``."""
     r = summary.get("iod_pearson_r")
     if r is None:
-        return "r undefined (fewer than 2 images or a constant sample)"
+        note = summary.get("iod_pearson_r_note")
+        return f"r not reported: {note}" if note else "r undefined (fewer than 3 images or a constant sample)"
     return (f"r = {r:.3f}, 95 % CI {_ci(summary.get('iod_pearson_r_ci95'))} (bootstrap), "
             f"{_ci(summary.get('iod_pearson_r_ci95_fisher'))} (Fisher z)")
 
@@ -162,7 +163,7 @@ def plot_iod(scores: Sequence[PairScore], summary: dict, path: Path, title: str 
     if x.size:
         lo, hi = float(min(x.min(), y.min())), float(max(x.max(), y.max()))
         ax.plot([lo, hi], [lo, hi], "--", color="grey", lw=1, label="identity")
-        if x.size >= 2 and np.ptp(x) > 0:
+        if x.size >= 2 and np.ptp(x) > 0 and summary.get("iod_pearson_r") is not None:  # no line without an r
             slope, icpt = np.polyfit(x, y, 1)
             xs = np.array([x.min(), x.max()])
             ax.plot(xs, slope * xs + icpt, color="tab:red", lw=1.5,
@@ -170,7 +171,7 @@ def plot_iod(scores: Sequence[PairScore], summary: dict, path: Path, title: str 
     ax.set_xlabel(f"real IHC {unit}")
     ax.set_ylabel(f"virtual IHC {unit}")
     ax.set_title((f"{title}\n" if title else "") + r_text(summary), fontsize=9)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=8, loc="best")
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return _save(fig, path)
@@ -367,6 +368,14 @@ def write_run_report(run_dir: PathLike, summary: dict, scores: Sequence[PairScor
         tags.h2("Summary")
         _summary_table(tags, summary)
         tags.p(_fk_text(summary["fid_kid"]), cls="note")
+        if summary.get("n_flagged"):
+            flagged = summary.get("flagged") or {}
+            tags.p(f"{summary['n_flagged']} flagged virtual IHC image(s) (flat or non-finite generator output; scores "
+                   "of a collapsed generator are not meaningful): "
+                   + ", ".join(f"{k} ({'/'.join(v)})" for k, v in list(flagged.items())[:20])
+                   + (" ..." if len(flagged) > 20 else ""), cls="note flagged")
+        if summary.get("iod_pearson_r_note"):
+            tags.p(f"IOD Pearson r not reported: {summary['iod_pearson_r_note']}", cls="note")
         tags.p("Intervals: " + str(summary.get("protocol", {}).get("ci95", "")), cls="note")
         tags.p("Other files: ", tags.a("metrics.md", href="metrics.md"), ", ", tags.a("metrics.json", href="metrics.json"),
                ", ", tags.a("metrics.csv", href="metrics.csv"), ", ", tags.a("test page (index.html)", href="index.html"),
@@ -418,7 +427,7 @@ def write_comparison_report(root: PathLike, run: str, entries: Sequence[Tuple[di
         x, y, unit = iod_values(sc, summ)
         ax = axes[0][j]
         ax.scatter(x, y, s=10, alpha=0.7)
-        if x.size >= 2 and np.ptp(x) > 0:
+        if x.size >= 2 and np.ptp(x) > 0 and summ.get("iod_pearson_r") is not None:
             slope, icpt = np.polyfit(x, y, 1)
             xs = np.array([x.min(), x.max()])
             ax.plot(xs, slope * xs + icpt, color="tab:red")
