@@ -13,6 +13,11 @@ the same size (images keep their native resolution; differently sized images go 
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # Ctrl-C while the imports below load: one line and exit 130, not a traceback
+    from util.logging_setup import exit_on_early_interrupt
+
+    exit_on_early_interrupt("test.py")
+
 import logging
 import sys
 from pathlib import Path
