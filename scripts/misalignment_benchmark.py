@@ -357,6 +357,7 @@ def plot(rows: List[dict], path: Path, title: str) -> Path:
             means = [per_d[d][0] for d in ds]
             sds = [per_d[d][1] or 0.0 for d in ds]
             ax.errorbar(ds, means, yerr=sds, marker="o", capsize=3, label=method)
+        ax.set_xticks(sorted({int(r["displacement_px"]) for r in rows}))
         ax.set_xlabel("max displacement of the training targets (px)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
