@@ -8,9 +8,11 @@ a registration network ``netR`` (``models/networks/registration.py``) takes ``(G
 field ``u``; every real-IHC loss of the model (L1; each pyramid octave of pyramidpix2pix; the DAB loss) is computed
 between ``warp(G(A), u)`` and ``B`` instead of ``G(A)`` and ``B``, and ``--lambda_smooth * L_smooth(u)`` is added to
 the generator objective. The adversarial term still sees the unwarped ``G(A)``. ``netR`` is trained jointly with G
-on the same objective by its own Adam optimizer. Defaults from the authors' repository (Kid-Liet/Reg-GAN, its YAML
-configs): ``Corr_lamda = 20`` (``--lambda_corr``), ``Smooth_lamda = 10`` (``--lambda_smooth``), ``Adv_lamda = 1``
-(the GAN term keeps weight 1 here too), R's Adam lr 1e-4 (``--lr_R``) with betas (0.5, 0.999).
+on the same objective by its own Adam optimizer. Defaults from the authors' repository configuration (Kid-Liet/Reg-GAN,
+``Yaml/CycleGan.yaml`` and its RegGAN settings; not re-checked against the paper's text): ``Corr_lamda = 20`` (``--lambda_corr``), ``Smooth_lamda = 10`` (``--lambda_smooth``), ``Adv_lamda = 1``
+(the GAN term keeps weight 1 here too), R's Adam lr 1e-4 (``--lr_R``) with betas (0.5, 0.999). netR itself is a
+smaller U-Net than the authors' registration network (this toolkit's choice, to keep the step within 1.5x of the
+plain one; ``--netR_nf`` widens it).
 ``--lambda_corr`` is the weight of the full-resolution correction term ``L1(warp(G(A), u), B)``: with
 ``--reg_correction`` it **replaces** ``--lambda_L1`` (RegGAN's correction loss takes the place of pix2pix's L1);
 pyramid octaves k >= 2 keep their ``--weight_Lk``. Give ``--lambda_corr`` equal to ``--lambda_L1`` to change only the

@@ -1,9 +1,10 @@
 """Losses and measurements on a displacement field (``--reg_correction``; field convention of
 ``models/networks/registration.py``: ``(N, 2, H, W)`` in pixels, x then y).
 
-* :func:`smoothness_loss`: RegGAN's smoothness penalty (Kong et al., NeurIPS 2021, eq. for L_Smooth; the authors'
-  repository Kid-Liet/Reg-GAN computes it as the mean squared forward difference of the field along each image axis,
-  averaged over the two axes):
+* :func:`smoothness_loss`: RegGAN's smoothness penalty (Kong et al., NeurIPS 2021, L_Smooth: the squared spatial
+  gradient of the field), with forward differences along each image axis, the mean of their squares per axis, and the
+  two axes averaged as VoxelMorph's ``Grad('l2')`` loss does (an implementation that sums the two axes instead has
+  twice this value, i.e. ``--lambda_smooth`` doubled):
 
       L_smooth(u) = ( mean_{n,c,y,x} (u[n,c,y+1,x] - u[n,c,y,x])^2 + mean_{n,c,y,x} (u[n,c,y,x+1] - u[n,c,y,x])^2 ) / 2
 

@@ -11,9 +11,8 @@ then cost the generator less blur: ``R`` absorbs the displacement.
   starts at N(0, 1e-5) weights and zero bias (VoxelMorph's flow-layer initialisation), so training starts from an
   almost identity warp. Any H, W >= 2 work (the decoder upsamples to each skip connection's size).
 * :func:`warp`: the spatial transformer through ``torch.nn.functional.grid_sample`` (bilinear, ``align_corners=True``,
-  **border** padding: a pixel sampled outside the image takes the nearest edge value; the authors' transformer uses
-  grid_sample's default zero padding, which in the [-1, 1] image convention would paint mid-grey borders that the
-  pixel loss then penalises, so this toolkit chooses border).
+  **border** padding: a pixel sampled outside the image takes the nearest edge value. This toolkit's choice: grid_sample's
+  default zero padding would, in the [-1, 1] image convention, paint mid-grey borders that the pixel loss penalises).
 
 Field convention (used by every function here and by ``models/registration_losses.py``): ``flow[:, 0]`` is the
 horizontal (x, width) and ``flow[:, 1]`` the vertical (y, height) displacement in pixels; the warped image at pixel
