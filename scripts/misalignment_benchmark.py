@@ -169,8 +169,14 @@ def build_aligned(args, data_dir: Path) -> Path:
     from util.fileio import atomic_write_text
     from util.image_io import save_png
 
+    from util.errors import UserError
+
     root = data_dir / "aligned"
+    record = {"dataroot": str(args.dataroot), "image_size": args.image_size, "max_train": args.max_train}
     if (root / "done.json").is_file():
+        old = json.loads((root / "done.json").read_text(encoding="utf-8"))
+        if old != record:
+            raise UserError(f"'{root}' was built with other settings ({old}, now {record}); use another --out_dir")
         return root
     for phase in ("train", "test"):
         pairs = _read_pairs(args.dataroot, phase, args.A_dir, args.B_dir)
@@ -187,8 +193,7 @@ def build_aligned(args, data_dir: Path) -> Path:
                 else:
                     save_png(small, dst)
         log.info("aligned %s set: %d pairs from %s", phase, len(pairs), args.dataroot)
-    atomic_write_text(root / "done.json", json.dumps({"dataroot": str(args.dataroot), "image_size": args.image_size,
-                                                      "max_train": args.max_train}, indent=1) + "\n")
+    atomic_write_text(root / "done.json", json.dumps(record, indent=1) + "\n")
     return root
 
 
@@ -204,6 +209,12 @@ def build_displaced(aligned: Path, data_dir: Path, d: int, seed: int, smoothness
         return aligned
     root = data_dir / f"d{d}_s{seed}"
     if (root / "fields.json").is_file():
+        old = json.loads((root / "fields.json").read_text(encoding="utf-8"))
+        if old.get("smoothness_px") != smoothness:
+            from util.errors import UserError
+
+            raise UserError(f"'{root}' was built with --smoothness {old.get('smoothness_px')}, now {smoothness}; use "
+                            "another --out_dir")
         return root
     records = []
     for i, path in enumerate(list_images(aligned / "IHC" / "train")):

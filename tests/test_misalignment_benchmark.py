@@ -47,7 +47,7 @@ def test_displace_image_integer_shift_and_identity():
         displace_image(img, np.zeros((2, 10, 12)))
 
 
-def test_benchmark_tiny_run_and_resume(sample_bci, tmp_path, monkeypatch):
+def test_benchmark_tiny_run_and_resume(sample_bci, tmp_path, monkeypatch, capsys):
     from scripts import misalignment_benchmark as mb
 
     out = tmp_path / "mb"
@@ -92,6 +92,11 @@ def test_benchmark_tiny_run_and_resume(sample_bci, tmp_path, monkeypatch):
     before = (out / "misalignment.csv").read_text()
     assert mb.main(argv) == 0
     assert (out / "misalignment.csv").read_text() == before
+    # data built with other settings is never reused silently
+    other = list(argv)
+    other[other.index("--image_size") + 1] = "32"
+    assert mb.main(other) == 2
+    assert "other settings" in capsys.readouterr().err
 
 
 def test_benchmark_bad_method_is_an_error(tmp_path, capsys):
