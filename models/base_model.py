@@ -169,15 +169,23 @@ class BaseModel:
 
         def g_step():
             self.set_requires_grad(netsD, False)
-            self.optimizer_G.zero_grad(set_to_none=True)
+            extra = self.extra_G_optimizers()  # e.g. netR of --reg_correction, trained on the G objective
+            for o in [self.optimizer_G, *extra]:
+                o.zero_grad(set_to_none=True)
             with self.autocast():
                 loss = self.compute_G_loss()
             self.backward(loss, self.optimizer_G)
-            self.step(self.optimizer_G)
+            for o in [self.optimizer_G, *extra]:
+                self.step(o)
 
         for stage in ((d_step, g_step) if d_first else (g_step, d_step)):
             stage()
         self.set_requires_grad(netsD, True)
+
+    def extra_G_optimizers(self) -> list:
+        """Optimizers of networks trained on the generator objective besides ``optimizer_G`` (stepped in
+        :meth:`gan_iteration`'s generator step, after G's); none by default."""
+        return []
 
     def train_step(self) -> None:
         """One training iteration: ``optimize_parameters()`` under the ``--amp`` autocast.

@@ -18,7 +18,9 @@ reports the median of the R medians, so a noisy shared machine affects every con
 
 Models: ``pix2pix`` (U-Net 256, batch 1), ``pyramidpix2pix`` (pattern L1_L2_L3_L4, resnet_9blocks, batch 2, the
 BCI recipe), ``pyramidpix2pix_L1`` (the same networks and batch with the L1 term only = pix2pix on the pyramid's
-networks; their ratio is the pyramid's cost), ``cycle_gan``, ``pix2pixhd`` (without the VGG loss: no weights offline),
+networks; their ratio is the pyramid's cost), ``pyramidpix2pix_reg`` / ``pyramidpix2pix_dab`` (the BCI recipe with
+``--reg_correction`` / ``--lambda_dab 1``: their ratio to ``pyramidpix2pix`` is the cost of those options),
+``cycle_gan``, ``pix2pixhd`` (without the VGG loss: no weights offline),
 ``classic`` (the speed reference: :func:`classic_step`, the pyramid pix2pix step written as the authors' release
 writes it, with stock ``nn.Dropout`` and none of this project's fast paths; its column "vs classic step" is the
 issue-8 comparison); models whose module is missing are listed as unavailable. ``--profile N`` logs the top N
@@ -49,6 +51,9 @@ MODELS = {
     "pix2pix": ["--model", "pix2pix"],
     "pyramidpix2pix": ["--model", "pyramidpix2pix", "--pattern", "L1_L2_L3_L4"],
     "pyramidpix2pix_L1": ["--model", "pyramidpix2pix", "--pattern", "L1"],
+    # issue 16: RegGAN registration correction / DAB loss on the BCI recipe (ratio to pyramidpix2pix = their cost)
+    "pyramidpix2pix_reg": ["--model", "pyramidpix2pix", "--pattern", "L1_L2_L3_L4", "--reg_correction"],
+    "pyramidpix2pix_dab": ["--model", "pyramidpix2pix", "--pattern", "L1_L2_L3_L4", "--lambda_dab", "1"],
     "cycle_gan": ["--model", "cycle_gan"],
     "pix2pixhd": ["--model", "pix2pixhd", "--no_vgg_loss"],
     # the reference: the classic step of the authors' release, see classic_step()
