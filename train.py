@@ -92,6 +92,7 @@ def _run(opt, info) -> int:
             sampler.set_epoch(epoch)
         visualizer.reset()
         model.train()
+        model.set_epoch(epoch)
         t_data0 = time.time()
         bar = tqdm(loader, desc=f"epoch {epoch}/{last_epoch}", unit="batch", leave=False, dynamic_ncols=True,
                    disable=None if info.is_main else True)
