@@ -92,7 +92,9 @@ def patch_nce_loss(feat_q: Tensor, feat_k: Tensor, batch_size: int, nce_T: float
     """
     logits = patch_nce_logits(feat_q, feat_k, batch_size, nce_T)
     target = torch.zeros(logits.shape[0], dtype=torch.long, device=logits.device)
-    return F.cross_entropy(logits.float(), target, reduction="none")
+    if logits.dtype not in (torch.float32, torch.float64):
+        logits = logits.float()  # reduced precision (--amp): the loss in float32
+    return F.cross_entropy(logits, target, reduction="none")
 
 
 def parse_asp_mode(mode: str) -> Tuple[Optional[str], Optional[str]]:
@@ -181,7 +183,10 @@ def asp_weights(similarity: Tensor, lookup: str, p: float) -> Tensor:
         ``(M,)`` non-negative weights with mean 1 (all-zero raw weights, possible only with ``p = 0`` and every
         cosine <= 0 under ``top``/``linear``, return ones rather than dividing by zero).
     """
-    w = p + (1.0 - p) * asp_lookup(lookup, similarity.detach().float())
+    sim = similarity.detach()
+    if sim.dtype not in (torch.float32, torch.float64):
+        sim = sim.float()
+    w = p + (1.0 - p) * asp_lookup(lookup, sim)
     s = w.sum()
     if float(s) <= 0.0:
         return torch.ones_like(w)
@@ -202,6 +207,6 @@ def supervised_patch_nce_loss(feat_q: Tensor, feat_k: Tensor, batch_size: int, n
     if scheduler is None:
         return loss
     with torch.no_grad():
-        similarity = (feat_q.detach().float() * feat_k.detach().float()).sum(dim=1)
+        similarity = (feat_q.detach() * feat_k.detach()).sum(dim=1)
     p = asp_progress(scheduler, epoch, n_epochs, n_epochs_decay)
     return loss * asp_weights(similarity, lookup, p)
