@@ -320,11 +320,14 @@ class CUTModel(BaseModel):
             per_layer_feats.append(torch.cat(chunks, 0))
             per_layer_ids.append(torch.cat(ids, 0))
         q_all, _ = self.netF(per_layer_feats, self.opt.num_patches, per_layer_ids)
-        out, row = [], 0
-        for q, (k_samples, _) in zip(queries, sampled):
-            m = k_samples[0].shape[0]
-            out.append(([qa[row:row + m] for qa in q_all], k_samples))
-            row += m
+        out, rows = [], [0] * len(q_all)  # per layer: layers with fewer locations than --num_patches have fewer rows
+        for k_samples, _ in sampled:
+            q_layers = []
+            for layer, qa in enumerate(q_all):
+                m = k_samples[layer].shape[0]
+                q_layers.append(qa[rows[layer]:rows[layer] + m])
+                rows[layer] += m
+            out.append((q_layers, k_samples))
         return out
 
     def layer_mean(self, q_layers: Sequence[Tensor], k_layers: Sequence[Tensor], batch_size: int) -> Tensor:

@@ -150,3 +150,31 @@ def test_fastcut_flip_equivariance_under_bf16_autocast(sample_bci, tmp_path):
     saved = json.loads((ck / "fast" / "train_opt.json").read_text())
     assert saved["flip_equivariance"] is True and saved["nce_idt"] is False
     assert (ck / "fast" / "latest_net_F.pth").is_file()
+
+
+@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+                    reason="torch.distributed with gloo is not available")
+def test_cut_ddp_two_processes_equal_one_process(sample_bci, tmp_path):
+    """The NCE queries go through G's encoder outside the DDP forward; their gradients must still be averaged over
+    the processes. With every patch location sampled (--num_patches above the largest layer's 38x38 positions) the
+    loss does not depend on the sampling order, so 2 processes x batch 1 must train to the weights of 1 x batch 2
+    (Adam moves every weight by about lr = 2e-4 per step, far above the 1e-5 tolerance)."""
+    from scripts import make_sample_dataset
+    from tests.test_ddp import SAME, _torchrun
+
+    ck, root = tmp_path / "ck", tmp_path / "s32"
+    # 32 px pairs, full images (a random crop would draw from the RNG a different number of times in the two runs)
+    assert make_sample_dataset.main(["--out", str(root), "--tile_size", "32", "--n_train", "4", "--n_test", "1",
+                                     "--seed", "1"]) == 0
+
+    def args(name, batch):
+        return train_args(root, ck, name=name, model="cut", extra=[
+            "--batch_size", str(batch), *SAME, "--n_layers_D", "2", "--num_patches", "1500", "--netF_nc", "16"])
+
+    assert train.main(args("single", 2)) == 0
+    _torchrun(args("ddp", 1))
+    for net in ("G", "F", "D"):
+        a = _weights(ck / "single" / f"latest_net_{net}.pth")
+        b = _weights(ck / "ddp" / f"latest_net_{net}.pth")
+        for k in a:
+            torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-5, msg=f"{net} {k}")
