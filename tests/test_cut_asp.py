@@ -104,6 +104,14 @@ def test_asp_train_test_evaluate(sample_bci, tmp_path):
     assert evaluate.main(["--result_path", str(res / "asp"), "--no_fid"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert "psnr" in json.dumps(metrics)
+    # whole-slide staining rebuilds the run's generator (resnet_6blocks, instance norm) from train_opt.json
+    import stain_slide
+
+    he = sorted((sample_bci / "HE" / "test").glob("*.png"))[0]
+    assert stain_slide.main(["--name", "asp", "--checkpoints_dir", str(ck), "--input", str(he), "--output",
+                             str(tmp_path / "wsi"), "--tile_size", "64", "--overlap", "16", "--slide_mpp", "0.5",
+                             "--no_progress", "--no_tissue_mask"]) == 0
+    assert list((tmp_path / "wsi").glob("*_ihc.tiff"))
 
 
 def _asp_run(root, ck, name, n, m, extra=()):
