@@ -86,12 +86,14 @@ def add_nce_options(parser) -> None:
     g = parser.add_argument_group("contrastive (CUT / ASP)")
     g.add_argument("--lambda_GAN", type=float, default=1.0, help="weight of the GAN loss GAN(G(X))")
     g.add_argument("--lambda_NCE", type=float, default=None,
-                   help="weight of the PatchNCE loss NCE(G(X), X) (default: from the mode, see the model docs)")
+                   help="weight of the PatchNCE loss NCE(G(X), X) (default: --CUT_mode's value for cut, 10 for "
+                        "asp)")
     g.add_argument("--nce_idt", type=str2bool, nargs="?", const=True, default=None,
-                   help="also use the identity PatchNCE loss NCE(G(Y), Y) (true|false; default: from the mode)")
+                   help="also use the identity PatchNCE loss NCE(G(Y), Y) (true|false; default: --CUT_mode's value "
+                        "for cut, false for asp)")
     g.add_argument("--flip_equivariance", type=str2bool, nargs="?", const=True, default=None,
                    help="flip the input horizontally at random and the query features back, enforcing flip "
-                        "equivariance (FastCUT; true|false; default: from the mode)")
+                        "equivariance (true|false; default: --CUT_mode's value for cut, false for asp)")
     g.add_argument("--nce_layers", default="0,4,8,12,16",
                    help="generator layers for PatchNCE, in the numbering of the CUT authors' ResNet generator")
     g.add_argument("--nce_T", type=float, default=0.07, help="temperature of the InfoNCE logits")

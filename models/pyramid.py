@@ -411,8 +411,8 @@ def separable_blur(x: Tensor, taps: Sequence[float]) -> Tensor:
 
 def gaussian_pyramid_min_size(num_levels: int, kernel_size: int = len(BINOMIAL_TAPS_5)) -> int:
     """Smallest image side for :func:`gaussian_pyramid`: the last blurred layer (side ``ceil(n / 2^(L-2))``) must be
-    larger than the reflect border ``kernel_size // 2``, so ``n >= (k // 2 + 1 - 1) * 2^(L-2) + 1``
-    (33 px for ASP's 6 levels and 5x5 kernel)."""
+    larger than the reflect border ``k // 2``, so ``n >= (k // 2) * 2^(L-2) + 1`` (33 px for ASP's 6 levels and
+    5x5 kernel)."""
     if num_levels < 2:
         return kernel_size // 2 + 1
     return (kernel_size // 2) * 2 ** (num_levels - 2) + 1

@@ -34,7 +34,8 @@ def test_mist_layout_detected_and_paired(tmp_path):
     layout = detect_layout(stain, "train")
     assert layout.kind == MIST and layout.A_folder == stain / "TrainValAB" / "trainA"
     ds = data.create_dataset(make_opt(stain, phase="val"))
-    assert len(ds) == 2 and ds[0]["A_paths"].endswith("valA/1M00_0.jpg") and ds[0]["B_paths"].endswith("valB/1M00_0.jpg")
+    assert len(ds) == 2
+    assert ds[0]["A_paths"].endswith("valA/1M00_0.jpg") and ds[0]["B_paths"].endswith("valB/1M00_0.jpg")
 
 
 def test_missing_split_folder_is_named(tmp_path):
