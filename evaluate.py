@@ -18,18 +18,22 @@ import sys
 from pathlib import Path
 from typing import List, Optional, Sequence
 
-from metrics.pairing import PairingError, check_pairing, format_problems, pair_images, resolve_runs
+from metrics.pairing import (PairingError, check_pairing, format_problems, pair_images, resolve_runs,
+                             restrict_to_manifest)
 from metrics.report import fid_kid_text, summarize, write_comparison, write_run_reports
 from metrics.scoring import available_cores, score_pairs
 from metrics.stain import DAB_THRESHOLD_OD
 from util.errors import OptionError
+from util.results_run import read_manifest
 
 log = logging.getLogger("evaluate")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from util.logging_setup import HelpFormatter
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--result_path", required=True,
                    help="results folder of one experiment (<results_dir>/<name>) or a root holding several")
     p.add_argument("--phase", default="test", help="phase part of the <phase>_<epoch> folder")
@@ -41,7 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "or one process for fewer than eight 1024x1024 pairs' worth of pixels")
     p.add_argument("--dab_threshold", type=float, default=DAB_THRESHOLD_OD,
                    help="DAB optical density above which a pixel counts as DAB-positive")
-    p.add_argument("--no_fid", action="store_true", help="do not compute FID/KID")
+    p.add_argument("--no_fid", action="store_true",
+                   help="do not compute FID/KID (FID/KID of an earlier evaluation of the same images are kept)")
+    p.add_argument("--drop_fid", action="store_true",
+                   help="with --no_fid: also remove FID/KID of an earlier evaluation from metrics.json")
+    p.add_argument("--flat_std", type=float, default=1.0,
+                   help="flag a virtual IHC image whose every channel has a standard deviation below this many grey "
+                        "levels as flat (collapsed generator)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit with status 3 when an output is flagged (flat or non-finite) or the overall IOD "
+                        "correlation is not meaningful")
     p.add_argument("--inception_weights", default=None,
                    help="FID Inception weights file pt_inception-2015-12-05-6726825d.pth "
                         "(default: the torch hub cache; FID/KID are skipped when absent)")
@@ -88,6 +101,63 @@ def _fid_kid(opt: argparse.Namespace, pairs) -> dict:
                                 progress=not opt.no_progress)
 
 
+def _flags(scores, manifest: Optional[dict], flat_std: float) -> dict:
+    """``{stem: [flags]}`` of the scored images: the run manifest's flags (``fake_B:non_finite`` ...) and this
+    evaluation's own flat check on the saved virtual IHC (``flat``: every channel's std below ``flat_std``)."""
+    scored = {s.stem for s in scores}
+    out: dict = {}
+    for stem, flags in ((manifest or {}).get("flagged") or {}).items():
+        if stem in scored:
+            out[stem] = sorted({f.split(":")[-1] for f in flags})
+    for s in scores:
+        if s.fake_std == s.fake_std and s.fake_std < flat_std:
+            out.setdefault(s.stem, [])
+            if "flat" not in out[s.stem]:
+                out[s.stem].append("flat")
+    return dict(sorted(out.items()))
+
+
+def _images_digest(pairs) -> str:
+    """sha256 over the scored files' names, sizes and modification times: identifies the image set evaluated."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for p in sorted(pairs, key=lambda p: p.stem):
+        for f in (p.fake, p.real):
+            st = Path(f).stat()
+            h.update(f"{Path(f).name}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+def _previous_fid_kid(run_dir: Path, digest: str) -> Optional[dict]:
+    """FID/KID of an earlier evaluation of exactly these images (same digest), kept by a ``--no_fid`` rerun."""
+    import json
+
+    path = run_dir / "metrics.json"
+    if not path.is_file():
+        return None
+    try:
+        old = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        log.warning("cannot read the earlier %s (%s): its FID/KID are not kept", path, e)
+        return None
+    fk = old.get("fid_kid") or {}
+    if fk.get("status") != "computed":
+        return None
+    if old.get("images_digest") != digest:
+        log.warning("%s holds FID/KID of other images (the results changed since): not kept", path)
+        return None
+    log.info("--no_fid: keeping FID/KID computed by the earlier evaluation of these images (%s)", path)
+    return {**fk, "kept_from_earlier_evaluation": True}
+
+
+def _manifest_summary(manifest: Optional[dict]) -> Optional[dict]:
+    if manifest is None:
+        return None
+    return {k: manifest.get(k) for k in ("created", "name", "model", "dataroot", "phase", "epoch", "checkpoint",
+                                         "n_images", "command")}
+
+
 def run(opt: argparse.Namespace) -> List[dict]:
     """Evaluate every selected run; returns their summaries. Raises UserError/OSError on bad input."""
     _check_options(opt)
@@ -100,19 +170,31 @@ def run(opt: argparse.Namespace) -> List[dict]:
     pairings, errors = [], []
     for exp, run_dir in runs:
         pr = pair_images(run_dir / "images")
+        manifest = read_manifest(run_dir)
+        unlisted = []
+        if manifest is not None:
+            unlisted = restrict_to_manifest(pr, manifest)
+            if unlisted:
+                log.warning("%s: %d pair(s) in images/ are not listed in run_manifest.json (not from this run) and "
+                            "are not scored: %s", run_dir, len(unlisted), ", ".join(unlisted[:10]))
+        else:
+            log.warning("%s has no run_manifest.json (results of an older version or another tool): scoring every "
+                        "pair found in images/", run_dir)
         try:
             check_pairing(pr, opt.allow_partial)
         except PairingError as e:
             errors.append(str(e))
-        pairings.append((exp, run_dir, pr))
+        pairings.append((exp, run_dir, pr, manifest, unlisted))
     if errors:
         raise PairingError(" | ".join(errors))
 
     summaries = []
-    for exp, run_dir, pr in pairings:
+    for exp, run_dir, pr, manifest, unlisted in pairings:
         sizes = sorted({f"{h}x{w}" for h, w in (p.size for p in pr.pairs)})
-        print(f"{exp}/{run_name}: {len(pr.pairs)} image pair(s), resolution {', '.join(sizes)} (HxW)"
-              + (f"; {len(pr.problems)} problem(s), left out (--allow_partial)" if pr.problems else ""))
+        source = "listed in run_manifest.json" if manifest is not None else "found in images/, no run_manifest.json"
+        print(f"{exp}/{run_name}: {len(pr.pairs)} image pair(s) ({source}), resolution {', '.join(sizes)} (HxW)"
+              + (f"; {len(pr.problems)} problem(s), left out (--allow_partial)" if pr.problems else "")
+              + (f"; {len(unlisted)} pair(s) in the folder not in the manifest, not scored" if unlisted else ""))
         scores, failed = score_pairs(pr.pairs, opt.num_workers, opt.dab_threshold, progress=not opt.no_progress)
         if failed and not opt.allow_partial:
             raise PairingError(f"images folder '{pr.images_dir}': {len(failed)} pair(s) could not be scored: "
@@ -123,15 +205,27 @@ def run(opt: argparse.Namespace) -> List[dict]:
         if failed:
             print(f"{exp}/{run_name}: {len(failed)} more pair(s) left out (unreadable data)")
         scored = {s.stem for s in scores}
+        flagged = _flags(scores, manifest, opt.flat_std)
+        digest = _images_digest([p for p in pr.pairs if p.stem in scored])
         fk = _fid_kid(opt, [p for p in pr.pairs if p.stem in scored])
+        if opt.no_fid and not opt.drop_fid:
+            fk = _previous_fid_kid(run_dir, digest) or fk
         summary = summarize(scores, exp, run_name, left_out, opt.dab_threshold, fk,
                             extra={"images_dir": str(pr.images_dir), "allow_partial": bool(opt.allow_partial),
-                                   "n_other_files": pr.n_other_files})
+                                   "n_other_files": pr.n_other_files, "images_digest": digest,
+                                   "run_manifest": _manifest_summary(manifest), "not_in_manifest": unlisted,
+                                   "flat_std": opt.flat_std, "flagged": flagged, "n_flagged": len(flagged)})
         paths = write_run_reports(run_dir, summary, scores)
         psnr = "n/a" if summary["psnr"] is None else f"{summary['psnr']:.2f} dB"
         inf = f" ({summary['psnr_n_infinite']} identical pair(s) excluded)" if summary["psnr_n_infinite"] else ""
         print(f"{exp}/{run_name}: n={summary['n_images']}  PSNR {psnr}{inf}  SSIM {summary['ssim']:.4f}  "
               f"left out {summary['n_left_out']}")
+        if summary.get("iod_pearson_r_note"):
+            print(f"{exp}/{run_name}: IOD Pearson r not reported: {summary['iod_pearson_r_note']}")
+        if flagged:
+            print(f"{exp}/{run_name}: WARNING {len(flagged)} of {len(scores)} virtual IHC image(s) flagged "
+                  f"(flat: every channel's std < {opt.flat_std:g} grey levels; non_finite: NaN/inf from the "
+                  f"generator): {', '.join(sorted(flagged)[:10])}{' ...' if len(flagged) > 10 else ''}")
         print(f"{exp}/{run_name}: {fid_kid_text(fk)}")
         print(f"{exp}/{run_name}: wrote {', '.join(str(p) for p in paths)}")
         summaries.append(summary)
@@ -148,7 +242,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=logging.DEBUG if opt.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     def body(opt):
-        run(opt)
+        summaries = run(opt)
+        if opt.strict:
+            bad = [s["experiment"] for s in summaries if s.get("n_flagged") or s.get("iod_pearson_r_note")]
+            if bad:
+                log.error("--strict: flagged outputs or a correlation that is not meaningful in: %s", ", ".join(bad))
+                return 3
+        return 0
 
     return run_cli(body, opt, prog="evaluate.py")
 

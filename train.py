@@ -20,6 +20,12 @@ from tqdm import tqdm
 log = logging.getLogger("train")
 
 
+class _Progress:
+    """What the Ctrl-C message names: the last complete checkpoint set (of this run, or found when it started)."""
+
+    last_set = "none"
+
+
 def _train(argv: Optional[Sequence[str]]) -> int:
     import options
     from util import distributed
@@ -37,66 +43,117 @@ def _train(argv: Optional[Sequence[str]]) -> int:
 
 
 def _run(opt, info) -> int:
+    from util.checkpoint import open_set, recover_sets
+    from util.errors import CheckpointError
+    from util.run_lock import ExperimentLock
+
+    exp = Path(opt.checkpoints_dir) / opt.name
+    lock = None
+    if info.is_main:  # one training per experiment folder; it alone cleans up interrupted saves
+        lock = ExperimentLock(exp)
+        recover_sets(exp)
+        try:
+            _Progress.last_set = open_set(exp, "latest", warn_legacy=False).describe()
+        except CheckpointError:
+            _Progress.last_set = "none"
+    try:
+        return _loop(opt, info, exp)
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _loop(opt, info, exp: Path) -> int:
+    import random as _random
+
     import data
     import models
     import options
+    from data.sampling import SeededItems, training_sampler
+    from data.transforms import item_generator
     from util import distributed
+    from util.checkpoint import delete_set, list_sets
     from util.finite_guard import FiniteGuard
     from util.visualizer import Visualizer
 
     options.seed_everything(opt.seed)
+    # the data order and augmentation draws come from this seed alone (data/sampling.py); under torchrun every
+    # process agrees on it
+    data_seed = distributed.shared_seed(opt.seed) if info.distributed else (
+        opt.seed if opt.seed is not None else _random.SystemRandom().randrange(2 ** 31))
     dataset = data.create_dataset(opt)
-    sampler = distributed.make_sampler(dataset, opt)
-    loader = data.create_dataloader(opt, dataset, sampler=sampler)
     model = models.create_model(opt)
     if hasattr(model, "validate_input_size") and len(dataset) > 0:
         item = dataset[0]
         model.validate_input_size(*item["B" if "B" in item else "A"].shape[-2:])
     if len(dataset) > 0:  # lazily built networks (CUT's netF) need a batch before loading and scheduling
-        model.data_dependent_initialize(data.collate_checked([dataset[i] for i in range(min(opt.batch_size, len(dataset)))]))
+        with item_generator(data_seed):  # keeps the global random streams untouched
+            first = data.collate_checked([dataset[i] for i in range(min(opt.batch_size, len(dataset)))])
+        model.data_dependent_initialize(first)
     model.setup(opt)
     model.prepare_networks(opt)
-    start_epoch, total_iters = opt.epoch_count, 0
+    start_epoch, total_iters, skip_batches = opt.epoch_count, 0, 0
     if opt.continue_train:
         state = model.load_training_state(opt.epoch)
-        start_epoch, total_iters = state["epoch"] + 1, state["total_iters"]
-        if "data_rng" in state and getattr(loader, "generator", None) is not None:
-            loader.generator.set_state(state["data_rng"])
-        log.info("resumed from epoch %d (%d images seen)", state["epoch"], total_iters)
+        cs = model.loaded_set
+        total_iters = state["total_iters"]
+        skip_batches = int(state.get("epoch_iter", 0))
+        start_epoch = state["epoch"] if skip_batches else state["epoch"] + 1
+        if "data_seed" in state:
+            data_seed = int(state["data_seed"])
+        else:
+            log.warning("checkpoint set '%s' has no data seed (written before checkpoint sets): the data order of the "
+                        "resumed epochs differs from an uninterrupted run's", opt.epoch)
+        where = f"epoch {start_epoch}, batch {skip_batches + 1}" if skip_batches else f"epoch {start_epoch}"
+        log.info("resumed from checkpoint set %s; continuing at %s", cs.describe(), where)
+    sampler = training_sampler(dataset, opt, data_seed)
+    loader = data.create_dataloader(opt, SeededItems(dataset), sampler=sampler)
     if info.distributed:  # same initial weights everywhere (DDP broadcasts rank 0's), own random stream per process
         base_seed = distributed.shared_seed(opt.seed)  # collective: every process calls it
         if info.rank > 0:
             options.seed_everything(base_seed + 7919 * info.rank + start_epoch)
-    exp_dir = Path(opt.checkpoints_dir) / opt.name / "train_opt.json"
+    exp_opt = exp / "train_opt.json"
     if info.is_main:
-        exp_dir = options.save_options(opt)
+        exp_opt = options.save_options(opt)
     log.info("%s", options.format_options(opt))
     log.info("training %s on %d images (batch %d per process x %d process%s = global batch %d) from %s; options "
              "saved to %s", opt.model, len(dataset), opt.batch_size, info.world_size,
-             "es" if info.world_size > 1 else "", opt.batch_size * info.world_size, opt.dataroot, exp_dir)
+             "es" if info.world_size > 1 else "", opt.batch_size * info.world_size, opt.dataroot, exp_opt)
     visualizer = Visualizer(opt)
     guard = FiniteGuard(model)
     last_epoch = opt.n_epochs + opt.n_epochs_decay
+    if start_epoch > last_epoch:
+        log.warning("nothing to train: the checkpoint set is at epoch %d and --n_epochs + --n_epochs_decay is %d",
+                    start_epoch - 1, last_epoch)
+    opt_dict = options.options_to_dict(opt)
 
-    def save(label, epoch):
+    def save(label, epoch, epoch_iter=0):
         guard.check()  # never write a checkpoint of a state reached after a NaN/inf loss
         if not info.is_main:
             return
-        model.save_networks(label)
-        extra = {"data_rng": loader.generator.get_state()} if getattr(loader, "generator", None) is not None else None
-        model.save_training_state(label, epoch, total_iters, extra)
+        manifest = model.save_set(label, epoch, total_iters, epoch_iter, extra={"data_seed": int(data_seed)},
+                                  options=opt_dict)
+        from util.checkpoint import CheckpointSet
+
+        _Progress.last_set = CheckpointSet(exp, str(label), manifest, {}).describe()
+        if opt.keep_last > 0 and isinstance(label, int):
+            epochs = sorted(int(m["label"]) for m in list_sets(exp) if str(m.get("label", "")).isdigit())
+            for old in epochs[:-opt.keep_last]:
+                delete_set(exp, old)
+                log.info("removed checkpoint set '%d' (--keep_last %d)", old, opt.keep_last)
 
     t_start = time.time()
     for epoch in range(start_epoch, last_epoch + 1):
-        if sampler is not None:
-            sampler.set_epoch(epoch)
+        sampler.set_epoch(epoch)
+        done_before = skip_batches if epoch == start_epoch else 0
+        sampler.set_start(done_before * opt.batch_size)
         visualizer.reset()
         model.train()
         model.set_epoch(epoch)
         t_data0 = time.time()
         bar = tqdm(loader, desc=f"epoch {epoch}/{last_epoch}", unit="batch", leave=False, dynamic_ncols=True,
                    disable=None if info.is_main else True)
-        for i, batch in enumerate(bar):
+        for i, batch in enumerate(bar, start=done_before):
             t_iter0 = time.time()
             t_data = t_iter0 - t_data0
             n = batch["A"].shape[0] * info.world_size  # images of this iteration over all processes
@@ -117,13 +174,11 @@ def _run(opt, info) -> int:
                 losses = distributed.mean_losses(model.get_current_losses(), info.device)
                 t_comp = (time.time() - t_iter0) / n
                 visualizer.print_current_losses(epoch, total_iters, losses, t_comp, t_data)
-                visualizer.plot_current_losses(epoch, (i + 1) / max(1, len(loader)), losses)
+                visualizer.plot_current_losses(epoch, (i + 1) / max(1, sampler.share() // opt.batch_size), losses)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
-            if total_iters % opt.save_latest_freq < n:
-                guard.check()
-                log.info("saving the latest model (epoch %d, total_iters %d)", epoch, total_iters)
-                if info.is_main:
-                    model.save_networks(f"iter_{total_iters}" if opt.save_by_iter else "latest")
+            if total_iters % opt.save_latest_freq < n and i + 1 < len(loader) + done_before:
+                log.info("saving the latest model (epoch %d, batch %d, total_iters %d)", epoch, i + 1, total_iters)
+                save(f"iter_{total_iters}" if opt.save_by_iter else "latest", epoch, i + 1)
             t_data0 = time.time()
         guard.check()
         losses = distributed.mean_losses(model.get_current_losses(), info.device)
@@ -137,22 +192,26 @@ def _run(opt, info) -> int:
                  lr, ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
     distributed.barrier()
     visualizer.close()
-    log.info("training done: %d epochs in %.1f s; checkpoints in %s", last_epoch - start_epoch + 1,
-             time.time() - t_start, exp_dir.parent)
+    log.info("training done: %d epochs in %.1f s; checkpoints in %s", max(0, last_epoch - start_epoch + 1),
+             time.time() - t_start, exp)
     return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Entry point. ``argv`` defaults to ``sys.argv[1:]``; returns the exit status (2 on bad input)."""
+    """Entry point. ``argv`` defaults to ``sys.argv[1:]``; returns the exit status: 0 done, 2 bad input or a file
+    that cannot be read or written (one ``train.py: error: ...`` line), 3 a non-finite loss (no checkpoint of that
+    state is written), 130 interrupted (Ctrl-C; the line names the last complete checkpoint set)."""
     from util.errors import NonFiniteLossError
     from util.logging_setup import run_cli
 
     if argv is None:
         argv = sys.argv[1:]
+    _Progress.last_set = "none"
     try:
-        return run_cli(_train, argv)
+        return run_cli(_train, argv, prog="train.py",
+                       on_interrupt=lambda: f"last complete checkpoint: {_Progress.last_set}")
     except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print(f"train.py: error: {e}", file=sys.stderr)
         return 3
 
 

@@ -16,8 +16,10 @@ Randomness: during training (``opt.isTrain``) the crop position is uniform over 
 flipped left-right with probability 1/2 unless ``--no_flip``. At test/eval time (``opt.isTrain`` False) there is no
 randomness at all: the crop is the centre crop (top-left offset ``(size - crop_size) // 2``) and nothing is flipped,
 whatever ``--no_flip`` says. A paired dataset draws the parameters once per item (:func:`get_params`) and applies them
-to both A and B (:func:`apply_transform`), so the pair stays registered. Draws use torch's random generator (seeded per
-DataLoader worker from the loader's generator; in the main process from the global torch seed).
+to both A and B (:func:`apply_transform`), so the pair stays registered. Draws use the generator installed by
+:func:`item_generator` (training: one generator per item, seeded by :class:`data.sampling.EpochSampler` from the run's
+seed, the epoch and the item, so the draws do not depend on workers, processes or where a resumed run starts), else
+torch's global random generator.
 
 Resizing is bicubic with antialiasing (``torchvision.transforms.v2.functional.resize``, matching the PIL ``BICUBIC``
 filter the reference code uses to within one grey level): 8-bit images are resized in uint8 (rounded, like the
@@ -33,6 +35,32 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms.v2 import functional as TF
 
 from util.errors import DataError, OptionError
+
+_ITEM_GENERATOR: Optional[torch.Generator] = None
+
+
+class item_generator:
+    """Context manager: random draws of :func:`get_params` (and of the unaligned dataset's B choice) inside the block
+    come from a generator seeded with ``seed`` instead of torch's global one. Not re-entrant across threads (the
+    DataLoader runs items one at a time per process)."""
+
+    def __init__(self, seed: int):
+        self.gen = torch.Generator().manual_seed(int(seed))
+
+    def __enter__(self) -> torch.Generator:
+        global _ITEM_GENERATOR
+        self._saved, _ITEM_GENERATOR = _ITEM_GENERATOR, self.gen
+        return self.gen
+
+    def __exit__(self, *exc) -> None:
+        global _ITEM_GENERATOR
+        _ITEM_GENERATOR = self._saved
+
+
+def current_generator() -> Optional[torch.Generator]:
+    """The generator installed by :func:`item_generator`, or None (torch's global generator)."""
+    return _ITEM_GENERATOR
+
 
 PREPROCESS_MODES = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
 
@@ -115,12 +143,12 @@ def get_params(opt, size: Tuple[int, int], path: str = "<image>", train: Optiona
                 f"(--preprocess {mode}); lower --crop_size or use a larger --load_size"
             )
         if train:
-            top = int(torch.randint(0, h - cs + 1, (1,)).item())
-            left = int(torch.randint(0, w - cs + 1, (1,)).item())
+            top = int(torch.randint(0, h - cs + 1, (1,), generator=_ITEM_GENERATOR).item())
+            left = int(torch.randint(0, w - cs + 1, (1,), generator=_ITEM_GENERATOR).item())
         else:
             top, left = (h - cs) // 2, (w - cs) // 2
         crop = (top, left)
-    flip = bool(train and not opt.no_flip and torch.rand(()).item() < 0.5)
+    flip = bool(train and not opt.no_flip and torch.rand((), generator=_ITEM_GENERATOR).item() < 0.5)
     return TransformParams(size=(h, w), crop=crop, crop_size=cs, flip=flip)
 
 

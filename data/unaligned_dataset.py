@@ -74,7 +74,9 @@ class UnalignedDataset(BaseDataset):
         """Index of the B image used by item ``index`` (random unless ``--serial_batches``)."""
         if self.opt.serial_batches:
             return index % len(self.B)
-        return int(torch.randint(0, len(self.B), (1,)).item())
+        from data.transforms import current_generator
+
+        return int(torch.randint(0, len(self.B), (1,), generator=current_generator()).item())
 
     def __getitem__(self, index: int) -> dict:
         """Item ``index``: ``'A'`` ``(input_nc, H, W)``, ``'B'`` ``(output_nc, H', W')`` float32 in [-1, 1].

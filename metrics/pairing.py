@@ -159,6 +159,31 @@ def pair_images(images_dir: PathLike) -> PairingResult:
     return res
 
 
+def restrict_to_manifest(result: PairingResult, manifest: dict) -> List[str]:
+    """Keep only the pairs that ``test.py``'s run manifest lists (``manifest["images"]`` records whose ``files`` hold
+    ``fake_B`` and ``real_B``), so a folder can never mix runs.
+
+    Listed images that are missing or unpaired become problems of ``result``; problems about files the manifest does
+    not list are dropped. Returns the stems of the pairs in the folder that the manifest does not list (not scored).
+    """
+    listed = {r.get("stem") for r in manifest.get("images", [])
+              if isinstance(r, dict) and {"fake_B", "real_B"} <= set((r.get("files") or {}).keys())}
+    present = {p.stem for p in result.pairs}
+    extra = sorted(present - listed)
+    result.pairs = [p for p in result.pairs if p.stem in listed]
+    kept = [q for q in result.problems if any(f"{stem}_" in q or q.endswith(f" {stem}") for stem in listed)]
+    missing = sorted(listed - present)
+    for stem in missing:
+        if not any(f"{stem}_" in q or q.endswith(f" {stem}") for q in kept):
+            kept.append(f"{stem}_fake_B.png / {stem}_real_B.png listed in {MANIFEST_NAME} but not in the folder")
+    result.n_left_out = len(missing)
+    result.problems = kept
+    return extra
+
+
+MANIFEST_NAME = "run_manifest.json"
+
+
 def format_problems(problems: Sequence[str], limit: int = MAX_LISTED) -> str:
     """Join problem lines with ``'; '``, listing at most ``limit`` and counting the rest."""
     shown = list(problems[:limit])

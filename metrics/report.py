@@ -127,7 +127,13 @@ def _fmt(v, spec: str) -> str:
 
 
 def _md_escape(text: str) -> str:
-    return str(text).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")
+    """Text safe inside a markdown table cell or heading: HTML special characters as entities (a name such as
+    ``<img src=x onerror=...>`` stays text in every renderer), markdown punctuation backslash-escaped, one line."""
+    import html
+    import re
+
+    text = html.escape(str(text), quote=False).replace("\r", " ").replace("\n", " ")
+    return re.sub(r"([\\`*_{}\[\]()#+!|~])", r"\\\1", text)
 
 
 def fid_kid_text(fk: dict) -> str:
@@ -159,6 +165,19 @@ def to_markdown(summary: dict) -> str:
                      f"{_fmt(g['iod_pearson_r'], '.4f')} | {_fmt(g['iod_mae'], '.4g')} | "
                      f"{_fmt(g['dab_pos_real_mean'], '.3f')} | {_fmt(g['dab_pos_fake_mean'], '.3f')} |")
     lines += ["", fid_kid_text(summary["fid_kid"]), ""]
+    if summary.get("iod_pearson_r_note"):
+        lines.append(f"- IOD Pearson r is left blank: {_md_escape(summary['iod_pearson_r_note'])}; per-level r is "
+                     "blank where a level has fewer than 3 images or a near-constant series.")
+    if summary.get("n_flagged"):
+        fl = summary.get("flagged") or {}
+        lines.append(f"- **{summary['n_flagged']} flagged virtual IHC image(s)** (flat: every channel's standard "
+                     f"deviation below {summary.get('flat_std')} grey levels; non_finite: NaN/inf generator output): "
+                     + _md_escape(", ".join(f"{k} ({'/'.join(v)})" for k, v in list(fl.items())[:20]))
+                     + (" ..." if len(fl) > 20 else "") + ". Scores of a collapsed generator are not meaningful.")
+    if (summary.get("run_manifest") or {}).get("checkpoint"):
+        ck = summary["run_manifest"]["checkpoint"]
+        lines.append(f"- Results of checkpoint set {_md_escape(ck.get('label'))} (set {_md_escape(ck.get('set_id'))}), "
+                     f"listed in run_manifest.json.")
     if summary["psnr_n_infinite"]:
         lines.append(f"- {summary['psnr_n_infinite']} identical pair(s) (infinite PSNR) are excluded from the PSNR "
                      "mean and included in SSIM.")

@@ -51,6 +51,7 @@ class PairScore:
     dab_pos_fake: float
     dab_mean_od_real: float
     dab_mean_od_fake: float
+    fake_std: float = float("nan")  # largest per-channel standard deviation of fake_B's pixels (grey levels)
 
 
 def score_pair(pair: "Pair", dab_threshold: float = DAB_THRESHOLD_OD, stain: bool = True) -> PairScore:
@@ -78,6 +79,7 @@ def _score_files(stem: str, her2: Optional[str], real_path: Path, fake_path: Pat
         iod_real=sr.iod if sr else nan, iod_fake=sf.iod if sf else nan,
         dab_pos_real=sr.positive_fraction if sr else nan, dab_pos_fake=sf.positive_fraction if sf else nan,
         dab_mean_od_real=sr.mean_od if sr else nan, dab_mean_od_fake=sf.mean_od if sf else nan,
+        fake_std=float(fake.reshape(-1, fake.shape[-1]).std(axis=0).max()),
     )
 
 

@@ -99,17 +99,44 @@ def pearson_r(x: Sequence[float], y: Sequence[float]) -> Optional[float]:
     return float(stats.pearsonr(x, y).statistic)
 
 
+R_MIN_IMAGES = 3
+R_MIN_RELATIVE_SPREAD = 0.01  # coefficient of variation below which an IOD series counts as near-constant
+
+
+def correlation_note(x: Sequence[float], y: Sequence[float], what: str = "IOD") -> Optional[str]:
+    """Why a Pearson r of ``x`` (real) and ``y`` (virtual) would not be meaningful, or None when it is.
+
+    Not meaningful: fewer than :data:`R_MIN_IMAGES` values, or a series that is (nearly) constant — its coefficient
+    of variation ``std / |mean|`` below :data:`R_MIN_RELATIVE_SPREAD` (1 %), e.g. the identical flat outputs of a
+    collapsed generator, where r only measures rounding noise.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    if x.size < R_MIN_IMAGES:
+        return f"fewer than {R_MIN_IMAGES} images ({x.size})"
+    for name, v in (("real", x), ("virtual", y)):
+        mean = abs(float(np.mean(v)))
+        cv = float(np.std(v)) / mean if mean > 0 else (0.0 if float(np.ptp(v)) == 0 else math.inf)
+        if cv < R_MIN_RELATIVE_SPREAD:
+            return (f"near-constant {name} {what} (relative spread {cv:.2g} < {R_MIN_RELATIVE_SPREAD:g}): "
+                    "a correlation would only measure noise")
+    return None
+
+
 def iod_agreement(iod_real: Sequence[float], iod_fake: Sequence[float]) -> dict:
     """Agreement of generated with real IOD over a set of images.
 
     Returns:
-        ``{"iod_pearson_r": r or None, "iod_mae": mean |fake - real| (OD * px) or None when empty}``.
+        ``{"iod_pearson_r": r or None, "iod_pearson_r_note": None or why r is left blank (see
+        :func:`correlation_note`), "iod_mae": mean |fake - real| (OD * px) or None when empty}``.
     """
     real = np.asarray(iod_real, dtype=np.float64)
     fake = np.asarray(iod_fake, dtype=np.float64)
     if real.shape != fake.shape:
         raise ValueError(f"iod_agreement needs equal lengths, got {real.shape} and {fake.shape}")
+    note = correlation_note(real, fake)
     return {
-        "iod_pearson_r": pearson_r(real, fake),
+        "iod_pearson_r": None if note else pearson_r(real, fake),
+        "iod_pearson_r_note": note,
         "iod_mae": float(np.mean(np.abs(fake - real))) if real.size else None,
     }

@@ -29,7 +29,8 @@ from models.amp import AmpState
 from models.networks import generator_extras, generator_stride
 from models.networks.schedulers import get_scheduler
 from models.tta import tta_apply, tta_modes_from_opt
-from util.checkpoint import load_checkpoint, load_network, save_checkpoint, save_network, unwrap
+from util.checkpoint import (CheckpointSet, load_network, open_set, save_checkpoint, save_network, unwrap,
+                              write_set)
 from util.errors import CheckpointError, NonFiniteLossError
 
 log = logging.getLogger(__name__)
@@ -287,17 +288,61 @@ class BaseModel:
                     "stopped and no checkpoint was written for this state. Lower --lr or check the input data.")
 
     # ---- saving and loading -------------------------------------------------------------------------------------
+    def save_set(self, label, epoch: int, total_iters: int, epoch_iter: int = 0, extra: Optional[dict] = None,
+                 options: Optional[dict] = None) -> dict:
+        """Save one checkpoint *set* atomically (:func:`util.checkpoint.write_set`): every network
+        (``<label>_net_<name>.pth``, classic key layout, CPU tensors), the training state (``<label>_state.pth``, with
+        ``extra`` merged in) and the manifest ``<label>_set.json`` (model, networks, epoch, ``epoch_iter`` = batches
+        done in an unfinished epoch (0 at an epoch end), images seen, options, file hashes). A reader sees the
+        whole previous set or the whole new one, never a mix. Returns the manifest.
+
+        Raises:
+            CheckpointError: a file cannot be written (the message names it); the previous set is intact.
+        """
+        objects = {}
+        for name, net in self.networks():
+            objects[f"{label}_net_{name}.pth"] = {k: v.detach().cpu() for k, v in unwrap(net).state_dict().items()}
+        state = self.training_state(epoch, total_iters)
+        state["epoch_iter"] = int(epoch_iter)
+        if extra:
+            state.update(extra)
+        objects[f"{label}_state.pth"] = state
+        meta = {"model": self.model_name, "networks": list(self.model_names), "epoch": int(epoch),
+                "epoch_iter": int(epoch_iter), "total_iters": int(total_iters), "options": options or {}}
+        return write_set(self.save_dir, label, objects, meta)
+
     def save_networks(self, label) -> None:
-        """Save every network to ``<save_dir>/<label>_net_<name>.pth`` (atomic, classic key layout, CPU tensors)."""
+        """Save every network to its own ``<save_dir>/<label>_net_<name>.pth`` (atomic per file, no set manifest:
+        for tools and tests; training saves whole sets with :meth:`save_set`)."""
         for name, net in self.networks():
             save_network(net, self.save_dir / f"{label}_net_{name}.pth")
 
+    def open_checkpoint_set(self, label) -> CheckpointSet:
+        """The checkpoint set ``label`` of this experiment (:func:`util.checkpoint.open_set`), checked against this
+        model: a set written by another ``--model`` is refused with both names.
+
+        Raises:
+            CheckpointError: no such set, an unreadable manifest, or a set of another model.
+        """
+        cs = open_set(self.save_dir, label)
+        written_by = cs.get("model")
+        if written_by is not None and written_by != self.model_name and not self._accepts_set_of(written_by):
+            raise CheckpointError(
+                f"checkpoint set '{label}' in '{self.save_dir}' was written by --model {written_by} (networks "
+                f"{', '.join(cs.get('networks') or [])}), not --model {self.model_name}: use --model {written_by}")
+        return cs
+
+    def _accepts_set_of(self, model_name: str) -> bool:
+        """Whether this model may load networks from a set written by ``model_name`` (``--model test`` may)."""
+        return False
+
     def load_networks(self, label) -> None:
-        """Load ``<save_dir>/<label>_net_<name>.pth`` into each network (in training only those with an optimizer
-        are required: discriminators are loaded when present)."""
+        """Load ``<label>_net_<name>.pth`` of checkpoint set ``label`` into each network (files checked against the
+        set's manifest; a legacy set without manifest loads with a warning)."""
+        cs = self.open_checkpoint_set(label)
         for name, net in self.networks():
-            path = self.save_dir / f"{label}_net_{name}.pth"
-            load_network(net, path, map_location=self.device)
+            load_network(net, cs.path(f"{label}_net_{name}.pth"), map_location=self.device)
+        self.loaded_set = cs
 
     def training_state(self, epoch: int, total_iters: int) -> dict:
         """Everything besides the weights that an exact resume needs: epoch, iteration, optimizers, schedulers and
@@ -327,6 +372,7 @@ class BaseModel:
         pass
 
     def save_training_state(self, label, epoch: int, total_iters: int, extra: Optional[dict] = None) -> Path:
+        """Write ``<label>_state.pth`` alone (atomic per file; training writes whole sets with :meth:`save_set`)."""
         state = self.training_state(epoch, total_iters)
         if extra:
             state.update(extra)
@@ -335,8 +381,15 @@ class BaseModel:
     def load_training_state(self, label) -> dict:
         """Restore optimizers, schedulers and random states saved by :meth:`save_training_state`; returns the state
         (its ``epoch`` is the last completed epoch, ``total_iters`` the images seen)."""
-        path = self.save_dir / f"{label}_state.pth"
-        state = load_checkpoint(path, map_location="cpu")
+        cs = getattr(self, "loaded_set", None)
+        if cs is None or cs.label != str(label):
+            cs = self.open_checkpoint_set(label)
+        path = cs.path(f"{label}_state.pth")
+        state = cs.load(f"{label}_state.pth", map_location="cpu")
+        missing = [k for k in ("epoch", "total_iters", "optimizers", "schedulers", "rng_torch", "rng_numpy",
+                               "rng_python") if not isinstance(state, dict) or k not in state]
+        if missing:
+            raise CheckpointError(f"'{path}' is not a training state (missing {', '.join(missing)})")
         if len(state.get("optimizers", [])) != len(self.optimizers):
             raise CheckpointError(f"'{path}' holds {len(state.get('optimizers', []))} optimizer states, this model has "
                                   f"{len(self.optimizers)}: was it written by another --model?")
@@ -360,6 +413,7 @@ class BaseModel:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         self.amp.load_state_dicts(self.optimizers, state.get("grad_scalers"))
         self.load_extra_state(state)
+        state.setdefault("epoch_iter", 0)
         return state
 
     def print_networks(self, verbose: bool = False) -> None:

@@ -11,7 +11,7 @@ from torch import nn
 
 from models.networks import define_G, generator_extras
 from options import load_train_options
-from util.checkpoint import load_network
+from util.checkpoint import load_network, open_set
 from util.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -44,15 +44,20 @@ def load_generator(checkpoints_dir: Union[str, Path], name: str, epoch: str = "l
     ``(N, output_nc, H, W)`` in [-1, 1] (H, W multiples of :func:`models.networks.generator_stride`).
 
     Raises:
-        OptionError: no saved options for ``name``; CheckpointError: missing or mismatched weights.
+        OptionError: no saved options for ``name``; CheckpointError: missing or mismatched weights, or a file that
+            differs from its checkpoint set's manifest (a legacy set without manifest loads with a warning).
     """
     exp = Path(checkpoints_dir) / name
     train_opt = load_train_options(checkpoints_dir, name)
     path = generator_file(train_opt, exp, str(epoch))
-    if not path.is_file():
+    try:
+        cs = open_set(exp, str(epoch))
+    except CheckpointError:
+        cs = None
+    if cs is None or not cs.has(path.name):
         have = sorted(p.name for p in exp.glob("*_net_G*.pth"))
         raise CheckpointError(f"no generator checkpoint '{path}' (--epoch {epoch}); available: {have or 'none'}")
     net = build_generator(train_opt, device)
-    load_network(net, path, map_location=device)
+    load_network(net, cs.path(path.name), map_location=device)  # checked against the set's manifest
     net.eval()
     return net, train_opt

@@ -54,6 +54,9 @@ class TestModel(BaseModel):
                        opt.init_type, opt.init_gain, device=self.device, **generator_extras(opt))
         setattr(self, "netG" + opt.model_suffix, net)
 
+    def _accepts_set_of(self, model_name: str) -> bool:
+        return True  # applies the generator of any run
+
     def forward(self) -> None:
         self.fake_B = self.run_generator(getattr(self, "netG" + self.opt.model_suffix), self.real_A)
 

@@ -26,6 +26,7 @@ from options.test_options import add_test_options
 from options.train_options import add_train_options
 from util.errors import OptionError, UserError
 from util.fileio import atomic_write_text
+from util.logging_setup import HelpFormatter
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,7 @@ def build_parser(is_train: bool, argv: Optional[Sequence[str]] = None) -> argpar
 
     argv = list(argv) if argv is not None else []
     parser = _Parser(prog="train.py" if is_train else "test.py",
-                     formatter_class=argparse.ArgumentDefaultsHelpFormatter, add_help=True)
+                     formatter_class=HelpFormatter, add_help=True)
     add_base_options(parser)
     (add_train_options if is_train else add_test_options)(parser)
     # first pass: which model and dataset?
@@ -81,6 +82,10 @@ def parse(argv: Optional[Sequence[str]] = None, is_train: bool = True) -> argpar
                               "names in braces, e.g. --suffix {model}_{netG}_size{load_size}") from None
     import models
 
+    if is_train:
+        from options.train_options import check_train_options
+
+        check_train_options(opt)
     checker = getattr(models.find_model_using_name(opt.model), "check_options", None)
     if checker is not None:
         checker(opt)

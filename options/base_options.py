@@ -23,7 +23,10 @@ class _Parser(argparse.ArgumentParser):
     def error(self, message):  # noqa: D401 - argparse API
         from util.errors import OptionError
 
-        raise OptionError(f"{self.prog}: {message}")
+        e = OptionError(message)
+        e.usage = self.format_usage()  # printed above the error line by util.logging_setup.run_cli, as argparse does
+        raise e
+
 
 
 def gpu_ids_type(text: str) -> list[int]:

@@ -15,6 +15,13 @@ def add_test_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
                    help="run G in train mode (batch statistics, dropout) as the released pix2pix test.py does without "
                         "--eval; default: eval mode")
     g.add_argument("--eval", action="store_true", help="kept for compatibility: eval mode is already the default")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier run in <results_dir>/<name>/<phase>_<epoch> (the new images are written "
+                        "beside it first and swapped in when complete); without it such a folder is refused")
+    g.add_argument("--flat_std", type=float, default=1.0,
+                   help="flag a generated image whose every channel has a standard deviation below this many grey "
+                        "levels (0-255) as flat (a collapsed generator)")
+    g.add_argument("--strict", action="store_true", help="exit with status 3 when any output is flagged")
     from models.tta import add_tta_options
 
     add_tta_options(g)

@@ -20,11 +20,18 @@ def add_train_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--print_freq", type=int, default=100, help="frequency (iterations) of printing losses")
     g.add_argument("--no_html", action="store_true", help="do not save results to <checkpoints_dir>/<name>/web/")
     g = parser.add_argument_group("saving")
-    g.add_argument("--save_latest_freq", type=int, default=5000, help="frequency (iterations) of saving the latest results")
-    g.add_argument("--save_epoch_freq", type=int, default=5, help="frequency (epochs) of saving checkpoints")
-    g.add_argument("--save_by_iter", action="store_true", help="also save the iteration-numbered model")
+    g.add_argument("--save_latest_freq", type=int, default=5000,
+                   help="frequency (images seen) of saving the checkpoint set 'latest' within an epoch (a whole set: "
+                        "networks and training state, so a resume continues at that iteration)")
+    g.add_argument("--save_epoch_freq", type=int, default=5, help="frequency (epochs) of saving checkpoint sets")
+    g.add_argument("--save_by_iter", action="store_true",
+                   help="label the mid-epoch sets iter_<images seen> instead of overwriting 'latest'")
+    g.add_argument("--keep_last", type=int, default=0,
+                   help="keep only the K most recent epoch-numbered checkpoint sets ('latest' is always kept); "
+                        "0 keeps all")
     g.add_argument("--continue_train", action="store_true",
-                   help="resume from <epoch>_state.pth: epoch, iteration, optimizers, schedulers and RNG states")
+                   help="resume from checkpoint set --epoch (networks, optimizers, schedulers, RNG states, the epoch "
+                        "and the iteration within it)")
     g.add_argument("--epoch_count", type=int, default=1, help="starting epoch when not resuming")
     g.add_argument("--phase", default="train", help="train, val, test, etc")
     g = parser.add_argument_group("training")
@@ -39,6 +46,35 @@ def add_train_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--lr_decay_iters", type=int, default=50, help="multiply by a gamma every lr_decay_iters epochs (step)")
     add_speed_options(parser, is_train=True)
     return parser
+
+
+def check_train_options(opt) -> None:
+    """Refuse training options that cannot give a meaningful run (instead of training nothing and exiting 0).
+
+    Raises:
+        OptionError: names the option, its value and what is expected.
+    """
+    from util.errors import OptionError
+
+    problems = []
+    if not opt.lr > 0 or opt.lr != opt.lr or opt.lr == float("inf"):
+        problems.append(f"--lr must be a positive finite number, got {opt.lr}")
+    for name in ("n_epochs", "n_epochs_decay", "keep_last"):
+        if getattr(opt, name) < 0:
+            problems.append(f"--{name} must be >= 0, got {getattr(opt, name)}")
+    if opt.n_epochs >= 0 and opt.n_epochs_decay >= 0 and opt.n_epochs + opt.n_epochs_decay < 1:
+        problems.append("--n_epochs + --n_epochs_decay must be at least 1 (nothing would be trained), got "
+                        f"{opt.n_epochs} + {opt.n_epochs_decay}")
+    for name in ("epoch_count", "save_latest_freq", "save_epoch_freq", "print_freq", "display_freq",
+                 "update_html_freq", "lr_decay_iters"):
+        if getattr(opt, name) < 1:
+            problems.append(f"--{name} must be >= 1, got {getattr(opt, name)}")
+    if not 0.0 <= opt.beta1 < 1.0:
+        problems.append(f"--beta1 must be in [0, 1), got {opt.beta1}")
+    if opt.pool_size < 0:
+        problems.append(f"--pool_size must be >= 0, got {opt.pool_size}")
+    if problems:
+        raise OptionError("; ".join(problems))
 
 
 def add_speed_options(parser: argparse.ArgumentParser, is_train: bool) -> argparse.ArgumentParser:

@@ -70,8 +70,9 @@ def _test_and_evaluate(name: str, common: list, results_dir: str, no_fid: bool, 
     import test as test_script
     from util.errors import UserError
 
+    # every pattern is retrained, so its test results replace the earlier ones (--overwrite)
     if test_script.main(common + ["--model", "pyramidpix2pix", "--results_dir", results_dir,
-                                  "--num_threads", "0"] + list(extra_test)) != 0:
+                                  "--num_threads", "0", "--overwrite"] + list(extra_test)) != 0:
         raise UserError(f"testing {name} failed (see the messages above)")
     ev = ["--result_path", str(Path(results_dir) / name), "--no_progress"]
     if no_fid:

@@ -35,8 +35,10 @@ log = logging.getLogger("build_pairs")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from util.logging_setup import HelpFormatter
+
     p = argparse.ArgumentParser(prog="build_pairs.py", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     io = p.add_argument_group("inputs and outputs")
     io.add_argument("--he", required=True, type=Path, help="H&E slide (any format wsi.reader opens, or PNG/TIFF)")
     io.add_argument("--ihc", required=True, type=Path, help="restained IHC slide of the same tissue")

@@ -23,7 +23,7 @@ fi
 "$PY" train.py --dataroot datasets/sample_bci --name "$NAME" --model pyramidpix2pix --pattern L1_L2_L3_L4 \
     --gpu_ids -1 --n_epochs "${EPOCHS:-3}" --n_epochs_decay "${EPOCHS_DECAY:-2}" --num_threads 2 \
     --print_freq 24 --display_freq 24 --seed 0 --save_epoch_freq 5 --channels_last --winograd
-"$PY" test.py --dataroot datasets/sample_bci --name "$NAME" --model pyramidpix2pix --gpu_ids -1
+"$PY" test.py --dataroot datasets/sample_bci --name "$NAME" --model pyramidpix2pix --gpu_ids -1 --overwrite
 "$PY" evaluate.py --result_path "results/$NAME"
 end=$(date +%s)
 echo

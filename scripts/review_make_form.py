@@ -23,8 +23,10 @@ from util.logging_setup import run_cli, setup_logging  # noqa: E402
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from util.logging_setup import HelpFormatter
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--results", required=True,
                    help="results folder of test.py: <results_dir>/<name>/<phase>_<epoch> or its images/ subfolder")
     p.add_argument("--out", required=True, help="round folder to create (absent or empty)")

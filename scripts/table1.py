@@ -32,6 +32,7 @@ if __package__ in (None, ""):  # run as a script: make the repository importable
 
 from util.errors import OptionError, UserError  # noqa: E402
 from util.fileio import atomic_write_text  # noqa: E402
+from util.logging_setup import HelpFormatter  # noqa: E402
 
 log = logging.getLogger("table1")
 
@@ -104,7 +105,7 @@ class StepFailed(UserError):
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                formatter_class=HelpFormatter)
     p.add_argument("--dataroot", default=None,
                    help="BCI-layout dataset (HE/train, IHC/train, HE/test, IHC/test); with --smoke and no --dataroot "
                         "the sample dataset is built under --out_dir")
@@ -160,7 +161,8 @@ def row_commands(method: Method, args: argparse.Namespace, dataroot: Path, out_d
             train.append("--no_vgg_loss")
         elif args.vgg_weights:
             train += ["--vgg_weights", args.vgg_weights]
-    test = common + ["--model", _train_model(method), "--results_dir", res, "--num_threads", "0"] + list(method.test)
+    test = common + ["--model", _train_model(method), "--results_dir", res, "--num_threads", "0",
+                     "--overwrite"] + list(method.test)  # a row retrains, so its results replace the old ones
     if args.num_test is not None:
         test += ["--num_test", str(args.num_test)]
     evaluate = ["--result_path", str(Path(res) / name), "--no_progress"]

@@ -53,7 +53,7 @@ def test_scores_equal_skimage_with_levels_and_infinite_psnr(tmp_path, capsys):
     img_dir = _make_run(exp)
     rc, out, err = _run(["--result_path", str(exp)], capsys)
     assert rc == 0, err
-    assert "5 image pair(s), resolution 40x48" in out and "1 identical pair(s) excluded" in out
+    assert "5 image pair(s) (found in images/, no run_manifest.json), resolution 40x48" in out and "1 identical pair(s) excluded" in out
     run = exp / "test_latest"
     js = _strict_json(run / "metrics.json")
     ps, ss = {}, {}

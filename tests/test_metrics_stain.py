@@ -73,4 +73,12 @@ def test_iod_agreement_hand_computed():
     out = iod_agreement([10.0, 20.0, 30.0], [12.0, 18.0, 33.0])
     assert out["iod_mae"] == pytest.approx((2 + 2 + 3) / 3)
     assert out["iod_pearson_r"] == pytest.approx(stats.pearsonr([10, 20, 30], [12, 18, 33])[0])
-    assert iod_agreement([], []) == {"iod_pearson_r": None, "iod_mae": None}
+    assert out["iod_pearson_r_note"] is None
+    assert iod_agreement([], []) == {"iod_pearson_r": None, "iod_pearson_r_note": "fewer than 3 images (0)",
+                                     "iod_mae": None}
+    two = iod_agreement([10.0, 20.0], [12.0, 18.0])  # r = 1 from two points: not reported
+    assert two["iod_pearson_r"] is None and two["iod_pearson_r_note"] == "fewer than 3 images (2)"
+    flat = iod_agreement([10.0, 20.0, 30.0], [5.0, 5.0 + 1e-6, 5.0 - 1e-6])  # a collapsed generator's outputs
+    assert flat["iod_pearson_r"] is None and flat["iod_pearson_r_note"].startswith("near-constant virtual IOD")
+    spread = iod_agreement([10.0, 20.0, 30.0], [5.0, 5.2, 5.1])  # 1.6 % spread: reported
+    assert spread["iod_pearson_r_note"] is None and spread["iod_pearson_r"] is not None

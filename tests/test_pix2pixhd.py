@@ -170,7 +170,7 @@ def test_vgg_unavailable_offline_is_a_clear_error(sample, tmp_path, monkeypatch,
     capsys.readouterr()
     rc = train.main(["--dataroot", str(sample), "--name", "novgg", "--model", "pix2pixhd", "--checkpoints_dir",
                      str(tmp_path / "ck"), *TINY])
-    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train.py: error:")]
     assert rc == 2 and len(errors) == 1 and "--no_vgg_loss" in errors[0]
     assert not list((tmp_path / "ck").glob("*/*.pth"))  # nothing trained, no checkpoint
 

@@ -1,6 +1,7 @@
 """Logging configuration for the command-line entry points (library modules only call ``logging.getLogger``)."""
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from pathlib import Path
@@ -44,16 +45,42 @@ def setup_logging(verbose: bool = False, log_file: Optional[Path] = None) -> Non
     root.setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
-def run_cli(main_body, argv, prog: Optional[str] = None) -> int:
-    """Run ``main_body(argv)`` and return its exit status (None counts as 0). The project's user errors
-    (:class:`util.errors.UserError`) and operating-system errors (a missing, unreadable or unwritable file, a full
-    disk) become one stderr line, ``<prog>: error: <message>`` (``error: <message>`` without ``prog``), and exit
-    status 2; the traceback goes to the DEBUG log. Any other exception propagates (a bug shows its traceback)."""
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """argparse's defaults formatter for every entry point, except that a help text which already states its
+    default keeps it once (``--help`` shows each default once)."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text.lower():
+            return text
+        return super()._get_help_string(action)
+
+
+def run_cli(main_body, argv, prog: Optional[str] = None, on_interrupt=None) -> int:
+    """Run ``main_body(argv)`` and return its exit status (None counts as 0): the project's error contract.
+
+    * The project's user errors (:class:`util.errors.UserError`) and operating-system errors (a missing, unreadable or
+      unwritable file, a full disk) become one stderr line, ``<prog>: error: <message>`` (``error: <message>``
+      without ``prog``), and exit status 2; an option-parsing error prints the usage line first, as argparse does.
+      The traceback goes to the DEBUG log.
+    * Ctrl-C (``KeyboardInterrupt``) prints ``<prog>: interrupted`` (plus ``; <on_interrupt()>``, e.g. the last
+      complete checkpoint) and returns 130.
+    * Any other exception propagates (a bug shows its traceback)."""
     from util.errors import UserError
 
+    head = f"{prog}: " if prog else ""
     try:
         return int(main_body(argv) or 0)
+    except KeyboardInterrupt:
+        extra = ""
+        if on_interrupt is not None:
+            extra = f"; {on_interrupt()}"
+        print(f"{head}interrupted{extra}", file=sys.stderr)
+        return 130
     except (UserError, OSError) as e:
         logging.getLogger("cli").debug("user error", exc_info=True)
-        print(f"{prog}: error: {e}" if prog else f"error: {e}", file=sys.stderr)
+        usage = getattr(e, "usage", None)
+        if usage:
+            print(usage.rstrip(), file=sys.stderr)
+        print(f"{head}error: {e}", file=sys.stderr)
         return 2
