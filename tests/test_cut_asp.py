@@ -140,15 +140,15 @@ def test_cut_checkpoint_into_pix2pix_and_back_is_a_clear_error(sample_bci, tmp_p
     assert train.main(train_args(sample_bci, ck, name="c", model="cut", extra=same_g + ["--n_layers_D", "3"])) == 0
     assert train.main(train_args(sample_bci, ck, name="p", model="pix2pix", extra=same_g)) == 0
     capsys.readouterr()
-    # the CUT run's D sees B alone (3 channels), pix2pix's D sees A and B (6)
+    # the checkpoint set names the model that wrote it (the CUT run's D also sees B alone, pix2pix's D sees A and B;
+    # a pix2pix run has no netF)
     assert train.main(train_args(sample_bci, ck, name="c", model="pix2pix", extra=same_g + ["--continue_train"])) == 2
     err = capsys.readouterr().err
-    assert "latest_net_D.pth" in err and "Traceback" not in err
-    # a pix2pix run has no netF
+    assert "written by --model cut" in err and "not --model pix2pix" in err and "Traceback" not in err
     assert train.main(train_args(sample_bci, ck, name="p", model="cut",
                                  extra=same_g + ["--n_layers_D", "3", "--continue_train"])) == 2
     err = capsys.readouterr().err
-    assert "latest_net_F.pth" in err and "Traceback" not in err
+    assert "written by --model pix2pix" in err and "not --model cut" in err and "Traceback" not in err
 
 
 def test_fastcut_flip_equivariance_under_bf16_autocast(sample_bci, tmp_path):
