@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from models import register
 from models.base_model import BaseModel
 from models.contrastive import patch_nce_loss
-from models.losses import GANLoss
+from models.losses import GANLoss, gradient_penalty
 from models.networks import define_D, define_G
 from models.networks.patch_sample import (FeatureTap, PatchSampleF, cut_to_local_layer, encode_features,
                                           parse_nce_layers)
@@ -262,10 +262,14 @@ class CUTModel(BaseModel):
 
     # ---- losses (pure computation; no optimizer steps) --------------------------------------------------------
     def compute_D_loss(self) -> Tensor:
-        """``(GAN(D(G(A).detach()), 0) + GAN(D(B), 1)) / 2``."""
-        self.loss_D_fake = self.criterionGAN(self.netD(self.fake_B.detach()), False)
+        """``(GAN(D(G(A).detach()), 0) + GAN(D(B), 1)) / 2`` (+ WGAN-GP penalty with ``--gan_mode wgangp``)."""
+        fake = self.fake_B.detach()
+        self.loss_D_fake = self.criterionGAN(self.netD(fake), False)
         self.loss_D_real = self.criterionGAN(self.netD(self.real_B), True)
         self.loss_D = (self.loss_D_fake + self.loss_D_real) * 0.5
+        if self.opt.gan_mode == "wgangp":
+            gp, _ = gradient_penalty(self.netD, self.real_B, fake, type="mixed", lambda_gp=10.0)
+            self.loss_D = self.loss_D + gp
         return self.loss_D
 
     def key_features(self, images: Sequence[Tensor]) -> List[List[Tensor]]:
