@@ -178,6 +178,7 @@ def _loop(opt, info, exp: Path) -> int:
         done_before = items_before // opt.batch_size
         visualizer.reset()
         model.train()
+        model.set_epoch(epoch)
         t_data0 = time.time()
         bar = tqdm(loader, desc=f"epoch {epoch}/{last_epoch}", unit="batch", leave=False, dynamic_ncols=True,
                    disable=None if info.is_main else True)

@@ -80,6 +80,11 @@ class BaseModel:
         :meth:`setup` (so the lazily built networks are loaded with the checkpoint set and get schedulers).
         Default: nothing to build."""
 
+    def set_epoch(self, epoch: int) -> None:
+        """Told by the training loop at the start of every epoch (1-based, as logged), for losses whose weights follow
+        the training progress (ASP). Default: remembered as ``current_epoch``."""
+        self.current_epoch = int(epoch)
+
     def optimize_parameters(self) -> None:
         raise NotImplementedError
 

@@ -22,11 +22,11 @@ class Pix2PixModel(BaseModel):
     """Paired image-to-image translation. Inputs: ``A`` ``(N, input_nc, H, W)`` and ``B`` ``(N, output_nc, H, W)``
     in [-1, 1]; ``--direction BtoA`` is applied by the dataset (it delivers the IHC image as ``A``)."""
 
-    @staticmethod
     def _accepts_set_of(self, model_name: str) -> bool:
         # pix2pix and pyramid pix2pix have the same networks: a run of one may be tested or continued as the other
         return model_name in ("pix2pix", "pyramidpix2pix")
 
+    @staticmethod
     def modify_commandline_options(parser, is_train: bool = True):
         """pix2pix defaults: U-Net 256 generator, batch norm, aligned data, vanilla GAN, no image pool, lambda_L1 100."""
         parser.set_defaults(norm="batch", netG="unet_256", dataset_mode="aligned")
