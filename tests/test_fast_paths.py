@@ -346,6 +346,11 @@ def test_bench_concurrent_ratios_and_environments():
     assert rows["libgomp"]["errors"] == ["exit 1: boom"] and not rows["libgomp"]["ratios"]
     table = bench_train.concurrent_markdown(list(rows.values()), "h")
     assert "2.08x, 2.50x" in table and "failed: exit 1: boom" in table
+    # against the fastest solo step of any policy: a slow solo (spinning under load) does not flatter the pair
+    groups.append(dict(groups[0], policy="active", solo=run([10.0]), together=[run([12.0]), run([14.0])]))
+    rows = {r["policy"]: r for r in bench_train.summarize_concurrent(groups)}
+    assert rows["active"]["worst"] == pytest.approx(1.4) and rows["active"]["vs_best_solo"] == pytest.approx(13 / 2.5)
+    assert rows["passive"]["vs_best_solo"] == pytest.approx(5.5 / 2.5)  # median of 4.1, 5.0, 6.0, 6.3
     # the environments: policies on top of the user's; the release-style rows without this project's defaults
     env = bench_train._child_env("pyramidpix2pix", bench_train.POLICIES["libgomp"])
     assert env["VIRTUAL_IHC_THREAD_DEFAULTS"] == "0" and "OMP_WAIT_POLICY" not in env
