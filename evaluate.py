@@ -20,7 +20,7 @@ from typing import List, Optional, Sequence
 
 from metrics.pairing import (PairingError, check_pairing, format_problems, pair_images, resolve_runs,
                              restrict_to_manifest)
-from metrics.report import fid_kid_text, summarize, write_comparison, write_run_reports
+from metrics.report import experiments_left_out, fid_kid_text, summarize, write_comparison, write_run_reports
 from metrics.scoring import available_cores, score_pairs
 from metrics.stain import DAB_THRESHOLD_OD
 from util.errors import OptionError
@@ -58,11 +58,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--inception_weights", default=None,
                    help="FID Inception weights file pt_inception-2015-12-05-6726825d.pth "
                         "(default: the torch hub cache; FID/KID are skipped when absent)")
+    p.add_argument("--fid_weights_unchecked", action="store_true",
+                   help="use Inception weights whose sha256 is not the standard file's (FID/KID then do not compare "
+                        "with published numbers; metrics.json records the hash)")
     p.add_argument("--fid_batch_size", type=int, default=50, help="images per Inception batch")
     p.add_argument("--kid_subset_size", type=int, default=1000,
                    help="KID subset size (reduced to the number of images when larger)")
     p.add_argument("--kid_subsets", type=int, default=100, help="number of KID subsets")
     p.add_argument("--device", default="auto", help="device for the Inception network: auto, cpu, cuda, cuda:1 ...")
+    p.add_argument("--report_gallery", type=int, default=8,
+                   help="images in each of the best/worst galleries of report.html")
+    p.add_argument("--no_report", action="store_true", help="do not write report.html and its plots")
+    p.add_argument("--tensorboard_dir", default=None,
+                   help="also log the metrics (eval/psnr, ...) as TensorBoard scalars here, e.g. "
+                        "checkpoints/<name>/tensorboard (step: the epoch, 0 for latest)")
+    p.add_argument("--wandb_dir", default=None, help="also log the metrics to a wandb run in this folder")
+    p.add_argument("--wandb_mode", default="auto", choices=["auto", "offline", "online"],
+                   help="auto: online when a wandb API key is configured, else offline")
     p.add_argument("--no_progress", action="store_true", help="hide progress bars")
     p.add_argument("--verbose", action="store_true", help="debug logging")
     return p
@@ -73,7 +85,7 @@ def _check_options(opt: argparse.Namespace) -> None:
         raise OptionError(f"--num_workers must be >= 0 (0 = all cores), got {opt.num_workers}")
     if not (math.isfinite(opt.dab_threshold) and opt.dab_threshold >= 0):
         raise OptionError(f"--dab_threshold must be a finite optical density >= 0, got {opt.dab_threshold}")
-    for name in ("fid_batch_size", "kid_subsets"):
+    for name in ("fid_batch_size", "kid_subsets", "report_gallery"):
         if getattr(opt, name) < 1:
             raise OptionError(f"--{name} must be >= 1, got {getattr(opt, name)}")
     if opt.kid_subset_size < 2:
@@ -98,7 +110,7 @@ def _fid_kid(opt: argparse.Namespace, pairs) -> dict:
     return distribution_metrics([p.real for p in pairs], [p.fake for p in pairs], weights=opt.inception_weights,
                                 device=_device(opt.device), batch_size=opt.fid_batch_size,
                                 kid_subset_size=opt.kid_subset_size, kid_subsets=opt.kid_subsets,
-                                progress=not opt.no_progress)
+                                progress=not opt.no_progress, weights_unchecked=opt.fid_weights_unchecked)
 
 
 def _flags(scores, manifest: Optional[dict], flat_std: float) -> dict:
@@ -164,7 +176,10 @@ def run(opt: argparse.Namespace) -> List[dict]:
     if opt.inception_weights is not None and not opt.no_fid:
         from metrics.distribution import find_inception_weights
 
-        find_inception_weights(opt.inception_weights)  # fail before minutes of scoring
+        from metrics.provenance import check_inception_weights
+
+        path, _ = find_inception_weights(opt.inception_weights)  # fail before minutes of scoring
+        check_inception_weights(path, opt.fid_weights_unchecked)
     run_name = f"{opt.phase}_{opt.epoch}"
     runs = resolve_runs(opt.result_path, opt.phase, opt.epoch)
     pairings, errors = [], []
@@ -188,7 +203,10 @@ def run(opt: argparse.Namespace) -> List[dict]:
     if errors:
         raise PairingError(" | ".join(errors))
 
-    summaries = []
+    from metrics import provenance
+    from metrics.report_html import write_comparison_report, write_run_report
+
+    summaries, results = [], []
     for exp, run_dir, pr, manifest, unlisted in pairings:
         sizes = sorted({f"{h}x{w}" for h, w in (p.size for p in pr.pairs)})
         source = "listed in run_manifest.json" if manifest is not None else "found in images/, no run_manifest.json"
@@ -214,8 +232,18 @@ def run(opt: argparse.Namespace) -> List[dict]:
                             extra={"images_dir": str(pr.images_dir), "allow_partial": bool(opt.allow_partial),
                                    "n_other_files": pr.n_other_files, "images_digest": digest,
                                    "run_manifest": _manifest_summary(manifest), "not_in_manifest": unlisted,
-                                   "flat_std": opt.flat_std, "flagged": flagged, "n_flagged": len(flagged)})
+                                   "flat_std": opt.flat_std, "flagged": flagged, "n_flagged": len(flagged),
+                                   "provenance": provenance.collect(run_dir, argv=getattr(opt, "argv", None))})
         paths = write_run_reports(run_dir, summary, scores)
+        if not opt.no_report:
+            paths += write_run_report(run_dir, summary, scores, opt.report_gallery)[:1]
+        results.append((summary, scores, run_dir))
+        if opt.tensorboard_dir or opt.wandb_dir:
+            from util.trackers import log_evaluation
+
+            sub = (lambda d: None if d is None else (Path(d) / exp if len(runs) > 1 else Path(d)))
+            log_evaluation(summary, int(opt.epoch) if str(opt.epoch).isdigit() else 0, sub(opt.tensorboard_dir),
+                           sub(opt.wandb_dir), opt.wandb_mode)
         psnr = "n/a" if summary["psnr"] is None else f"{summary['psnr']:.2f} dB"
         inf = f" ({summary['psnr_n_infinite']} identical pair(s) excluded)" if summary["psnr_n_infinite"] else ""
         print(f"{exp}/{run_name}: n={summary['n_images']}  PSNR {psnr}{inf}  SSIM {summary['ssim']:.4f}  "
@@ -230,8 +258,13 @@ def run(opt: argparse.Namespace) -> List[dict]:
         print(f"{exp}/{run_name}: wrote {', '.join(str(p) for p in paths)}")
         summaries.append(summary)
     if runs[0][1].parent.resolve() != Path(opt.result_path).resolve():  # a results root of experiments
-        out = write_comparison(Path(opt.result_path), summaries, run_name)
-        print(f"table across {len(summaries)} experiments: {out[0]}")
+        root = Path(opt.result_path)
+        left = experiments_left_out(root, run_name, [exp for exp, _ in runs])
+        out = write_comparison(root, summaries, run_name, left)
+        if not opt.no_report:
+            out += write_comparison_report(root, run_name, results, left)[:1]
+        print(f"table across {len(summaries)} experiments: {', '.join(str(p) for p in out)}"
+              + (f"; {len(left)} left out: " + "; ".join(f"{n} ({w})" for n, w in left) if left else ""))
     return summaries
 
 
@@ -242,6 +275,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from util.logging_setup import run_cli
 
     opt = build_parser().parse_args(argv)
+    opt.argv = ["evaluate.py"] + list(sys.argv[1:] if argv is None else argv)  # for metrics.json's provenance
     logging.basicConfig(level=logging.DEBUG if opt.verbose else logging.INFO,
                         format="%(levelname)s %(name)s: %(message)s")
     def body(opt):

@@ -44,6 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--level", type=int, default=None,
                    help="process this slide level as it is (no MPP matching, no resampling)")
     p.add_argument("--no_tissue_mask", action="store_true", help="run the generator on background tiles too")
+    p.add_argument("--keep_glass_colour", action="store_true",
+                   help="keep the generator's colour on glass inside processed tiles (default: glass is white, like "
+                        "the skipped background tiles)")
     p.add_argument("--compression", default="jpeg", choices=("jpeg", "deflate", "none"),
                    help="TIFF tile compression: jpeg (quality 90) or lossless deflate")
     p.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16", "fp16"),
@@ -147,7 +150,8 @@ def _run(opt: argparse.Namespace) -> int:
     target = opt.target_mpp or train_opt.get("mpp") or DEFAULT_TARGET_MPP
     s = StainSettings(tile_size=opt.tile_size, overlap=opt.overlap, batch_size=opt.batch_size,
                       num_workers=opt.num_workers, target_mpp=float(target), slide_mpp=opt.slide_mpp,
-                      level=opt.level, tissue_mask=not opt.no_tissue_mask, compression=opt.compression,
+                      level=opt.level, tissue_mask=not opt.no_tissue_mask,
+                      white_background=not opt.keep_glass_colour, compression=opt.compression,
                       stride_multiple=generator_stride(train_opt["netG"], **generator_extras(train_opt)), device=device, precision=opt.precision,
                       progress=not opt.no_progress, tmp_dir=opt.tmp_dir,
                       info={"model": f"{opt.name} ({train_opt.get('model')}, {train_opt['netG']}, epoch {opt.epoch})",

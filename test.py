@@ -101,8 +101,8 @@ def _test(argv: Optional[Sequence[str]]) -> int:
     import data
     import models
     import options
-    from util.html import HTMLPage
     from util.image_io import save_png, tensor_to_uint8
+    from util.result_page import add_result_row, start_result_page
     from util.logging_setup import setup_logging
     from util.errors import OptionError
     from util.results_run import (ResultsStaging, check_unique_stems, describe_existing, output_flags,
@@ -110,8 +110,14 @@ def _test(argv: Optional[Sequence[str]]) -> int:
 
     opt = options.parse_test(argv)
     setup_logging(opt.verbose)
-    train_opt = options.load_train_options(opt.checkpoints_dir, opt.name)
-    options.apply_train_options(opt, train_opt)
+    from options.release import describe, resolve_train_options
+
+    # train_opt.json, else the release's train_opt.txt, else the command line and the model's (release) defaults
+    train_opt, source = resolve_train_options(opt.checkpoints_dir, opt.name, options.build_parser(
+        False, [f"--model={opt.model}", f"--dataset_mode={opt.dataset_mode}"]))
+    log.info("%s", describe(source, Path(opt.checkpoints_dir) / opt.name))
+    if train_opt:
+        options.apply_train_options(opt, train_opt)
     explicit = set(opt.explicit)
     if "preprocess" not in explicit:
         opt.preprocess = "none"  # native resolution unless asked
@@ -160,7 +166,7 @@ def _test(argv: Optional[Sequence[str]]) -> int:
         log.info("testing %d of %d images of '%s' (phase %s) with %s epoch %s -> %s%s", n, total, opt.dataroot,
                  opt.phase, opt.name, opt.epoch, out_dir,
                  f" (replacing {staging.replacing})" if staging.replacing else "")
-        page = HTMLPage(staging.path, f"{opt.name}: {opt.phase}, epoch {opt.epoch}")
+        page = start_result_page(staging.path, f"{opt.name}: {opt.phase}, epoch {opt.epoch}")
         done, records, flagged = 0, [], {}
         with tqdm(total=n, desc="test", unit="img", disable=None) as bar:
             for groups in loader:
@@ -175,24 +181,23 @@ def _test(argv: Optional[Sequence[str]]) -> int:
                         if done >= n:
                             break
                         stem = Path(paths[b]).stem
-                        names, labels, files, flags = [], [], {}, []
+                        arrays, files, flags = {}, {}, []
                         for label, t in visuals.items():
                             fname = f"{stem}_{label}.png"
-                            arr = tensor_to_uint8(t[b])
+                            arr = arrays[label] = tensor_to_uint8(t[b])
                             if label.startswith("fake"):
                                 flags += [f"{label}:{f}" for f in output_flags(t[b], arr, opt.flat_std)]
                             save_png(arr, img_dir / fname)
                             files[label] = f"images/{fname}"
-                            names.append(f"images/{fname}")
-                            labels.append(f"{stem} {label}")
                         if flags:
                             flagged[stem] = flags
                             if len(flagged) <= 5:
                                 log.warning("output of '%s' is flagged: %s", paths[b], ", ".join(flags))
                         records.append({"stem": stem, "input": str(paths[b]), "files": files, "flags": flags,
                                         "her2": (batch.get("her2") or [None] * len(paths))[b]})
-                        page.add_header(stem + (f" [{', '.join(flags)}]" if flags else ""))
-                        page.add_images(names, labels, names, width=opt.display_winsize)
+                        # labelled H&E / virtual IHC / real IHC, with PSNR/SSIM when the real IHC is present
+                        add_result_row(page, stem, arrays, opt.display_winsize, opt.page_scores,
+                                       header_suffix=f" [{', '.join(flags)}]" if flags else "")
                         done += 1
                         bar.update(1)
                 if done >= n:

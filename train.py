@@ -115,10 +115,12 @@ def _loop(opt, info, exp: Path) -> int:
     exp_opt = exp / "train_opt.json"
     if info.is_main:
         exp_opt = options.save_options(opt)
-    log.info("%s", options.format_options(opt))
+    # the full option dump is in train_opt.txt; on screen only with --verbose
+    log.debug("%s", options.format_options(opt))
     log.info("training %s on %d images (batch %d per process x %d process%s = global batch %d) from %s; options "
              "saved to %s", opt.model, len(dataset), opt.batch_size, info.world_size,
-             "es" if info.world_size > 1 else "", opt.batch_size * info.world_size, opt.dataroot, exp_opt)
+             "es" if info.world_size > 1 else "", opt.batch_size * info.world_size, opt.dataroot,
+             exp_opt.with_suffix(".txt"))
     visualizer = Visualizer(opt)
     guard = FiniteGuard(model)
     last_epoch = opt.n_epochs + opt.n_epochs_decay
@@ -143,6 +145,10 @@ def _loop(opt, info, exp: Path) -> int:
                 log.info("removed checkpoint set '%d' (--keep_last %d)", old, opt.keep_last)
 
     t_start = time.time()
+    from util.progress import ProgressReporter
+
+    progress = ProgressReporter(start_epoch, last_epoch, len(loader), opt.progress_interval,
+                                enabled=None if info.is_main else False)
     for epoch in range(start_epoch, last_epoch + 1):
         sampler.set_epoch(epoch)
         done_before = skip_batches if epoch == start_epoch else 0
@@ -166,7 +172,7 @@ def _loop(opt, info, exp: Path) -> int:
                 guard.check()
                 model.compute_visuals()
                 visualizer.display_current_results(model.get_current_visuals(), epoch,
-                                                   total_iters % opt.update_html_freq < n)
+                                                   total_iters % opt.update_html_freq < n, step=total_iters)
             if total_iters % opt.print_freq < n:
                 guard.check()
                 # the only host-device synchronisation of the loop; under DDP the mean over the processes
@@ -178,12 +184,14 @@ def _loop(opt, info, exp: Path) -> int:
             if total_iters % opt.save_latest_freq < n and i + 1 < len(loader) + done_before:
                 log.info("saving the latest model (epoch %d, batch %d, total_iters %d)", epoch, i + 1, total_iters)
                 save(f"iter_{total_iters}" if opt.save_by_iter else "latest", epoch, i + 1)
+            progress.update(epoch, i, n)
             t_data0 = time.time()
         guard.check()
         losses = distributed.mean_losses(model.get_current_losses(), info.device)
         # the plateau policy steps on this value: the same on every process, so their learning rates agree
         model.metric = distributed.mean_scalar(sum(losses.values()) if losses else 0.0, info.device)
         lr = model.update_learning_rate()
+        visualizer.log_scalars({"lr": lr}, total_iters)  # --use_tensorboard / --use_wandb
         save("latest", epoch)
         if epoch % opt.save_epoch_freq == 0 or epoch == last_epoch:
             save(epoch, epoch)

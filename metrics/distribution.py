@@ -49,6 +49,9 @@ INCEPTION_URL = "https://github.com/mseitzer/pytorch-fid/releases/download/fid_w
 KID_SUBSET_SIZE = 1000
 KID_SUBSETS = 100
 KID_SEED = 2020
+FEATURE_LAYER = "pool3: 2048-d output of the final average pool (pytorch-fid InceptionV3 block index 3)"
+RESIZE_RULE = ("bilinear to 299x299 inside the network (pytorch-fid resize_input=True, align_corners=False), "
+               "after scaling [0, 1] to [-1, 1] (normalize_input=True)")
 
 
 # ----------------------------------------------------------------------------------------------------- functional cores
@@ -122,10 +125,14 @@ def kid_from_features(real: np.ndarray, fake: np.ndarray, subset_size: int = KID
                       n_subsets: int = KID_SUBSETS, seed: int = KID_SEED) -> Dict[str, float]:
     """KID between two ``(N, D)`` feature sets.
 
-    ``subset_size`` larger than the smaller set is reduced to its size (and reported).
+    ``subset_size`` larger than the smaller set is reduced to its size, and the result says so (``reduced``). When
+    the reduced size equals both set sizes, every "subset" is the whole set: all subsets give the same value, so one
+    is computed, ``n_subsets`` is 1 and ``kid_std`` is None (a spread of 0 would be meaningless, not a precision).
 
     Returns:
-        ``{"kid": mean MMD^2_u, "kid_std": std over subsets (ddof=0), "subset_size": m, "n_subsets": n}``.
+        ``{"kid": mean MMD^2_u, "kid_std": std over subsets (ddof=0) or None, "subset_size": m,
+        "n_subsets": subsets used, "requested_subset_size", "requested_subsets", "reduced": bool,
+        "protocol": one line}``.
 
     Raises:
         ValueError: fewer than 2 features in a set, dimensions differ, or n_subsets < 1.
@@ -139,13 +146,28 @@ def kid_from_features(real: np.ndarray, fake: np.ndarray, subset_size: int = KID
     m = min(subset_size, real.shape[0], fake.shape[0])
     if m < 2:
         raise ValueError(f"KID needs at least 2 images per set, got {real.shape[0]} and {fake.shape[0]}")
-    rng = np.random.RandomState(seed)
-    vals = np.empty(n_subsets)
-    for i in range(n_subsets):
-        xi = real[rng.choice(real.shape[0], m, replace=False)]
-        yi = fake[rng.choice(fake.shape[0], m, replace=False)]
-        vals[i] = mmd2_unbiased(xi, yi)
-    return {"kid": float(vals.mean()), "kid_std": float(vals.std()), "subset_size": int(m), "n_subsets": int(n_subsets)}
+    reduced = m < subset_size
+    whole_sets = m == real.shape[0] == fake.shape[0]
+    if whole_sets:  # MMD^2_u is permutation-invariant: every subset gives this one value
+        vals = np.array([mmd2_unbiased(real, fake)])
+    else:
+        rng = np.random.RandomState(seed)
+        vals = np.empty(n_subsets)
+        for i in range(n_subsets):
+            xi = real[rng.choice(real.shape[0], m, replace=False)]
+            yi = fake[rng.choice(fake.shape[0], m, replace=False)]
+            vals[i] = mmd2_unbiased(xi, yi)
+    if not reduced:
+        protocol = f"standard: {n_subsets} subsets of {m} (seed {seed})"
+    elif whole_sets:
+        protocol = (f"reduced: {real.shape[0]} images < subset size {subset_size}, so one estimate on all images "
+                    "(no subsets, no spread)")
+    else:
+        protocol = (f"reduced: subset size {m} (requested {subset_size}, fewer images than that), "
+                    f"{n_subsets} subsets (seed {seed})")
+    return {"kid": float(vals.mean()), "kid_std": float(vals.std()) if vals.size > 1 else None,
+            "subset_size": int(m), "n_subsets": int(vals.size), "requested_subset_size": int(subset_size),
+            "requested_subsets": int(n_subsets), "reduced": bool(reduced), "protocol": protocol}
 
 
 # ----------------------------------------------------------------------------------------------- feature extraction
@@ -258,18 +280,25 @@ def distribution_metrics(real_paths: Sequence[PathLike], fake_paths: Sequence[Pa
                          model: Optional[torch.nn.Module] = None, weights: Optional[PathLike] = None,
                          device: Union[str, torch.device] = "cpu", batch_size: int = 50,
                          kid_subset_size: int = KID_SUBSET_SIZE, kid_subsets: int = KID_SUBSETS,
-                         progress: bool = True) -> Dict[str, object]:
+                         progress: bool = True, weights_unchecked: bool = False) -> Dict[str, object]:
     """FID and KID between the real and generated image sets.
 
     Uses ``model`` when given (any feature extractor, see :func:`extract_features`), else pytorch-fid's Inception
     with ``weights`` (or the torch hub cache).
 
+    The Inception weights file is hashed and checked against the standard file's sha256 prefix
+    (:func:`metrics.provenance.check_inception_weights`; ``weights_unchecked`` turns a mismatch into a warning).
+
     Returns:
-        ``{"status": "computed", "fid", "kid" (MMD^2), "kid_x1e3", "kid_std_x1e3", "kid_subset_size",
-        "kid_subsets", "n_images", "feature_dim", "note"}`` or ``{"status": "skipped", "reason": ...}`` when no weights.
+        ``{"status": "computed", "fid", "kid" (MMD^2), "kid_x1e3", "kid_std_x1e3" (None for a single estimate),
+        "kid_subset_size", "kid_subsets", "kid_reduced", "kid_protocol", "n_images", "feature_dim", "feature_layer",
+        "resize", "weights" (file, sha256, check), "note"}`` or ``{"status": "skipped", "reason": ...}`` when no
+        weights.
 
     Raises:
-        OptionError: ``weights`` given but missing, or pytorch-fid missing. ValueError: fewer than 2 images.
+        OptionError: ``weights`` given but missing, or pytorch-fid missing.
+        metrics.provenance.WeightsHashError: the weights' sha256 is not the standard one (without
+        ``weights_unchecked``). ValueError: fewer than 2 images.
     """
     if model is None:
         path, reason = find_inception_weights(weights)
@@ -278,10 +307,15 @@ def distribution_metrics(real_paths: Sequence[PathLike], fake_paths: Sequence[Pa
         if path is None:
             log.warning("FID/KID skipped: %s", reason)
             return {"status": "skipped", "reason": reason}
+        from metrics.provenance import check_inception_weights
+
+        weights_info = check_inception_weights(path, weights_unchecked)
         model = load_fid_inception(path, device)
         extractor = f"pytorch-fid InceptionV3 pool3 ({path.name})"
+        layer, resize = FEATURE_LAYER, RESIZE_RULE
     else:
         extractor = type(model).__name__
+        weights_info, layer, resize = None, f"output of {extractor}", "none (the given model's own)"
     fr = extract_features(real_paths, model, batch_size, device, progress, desc="features real_B")
     ff = extract_features(fake_paths, model, batch_size, device, progress, desc="features fake_B")
     fid = fid_from_features(fr, ff)
@@ -292,6 +326,10 @@ def distribution_metrics(real_paths: Sequence[PathLike], fake_paths: Sequence[Pa
         note = (f"{n} images < feature dimension {d}: covariances are rank-deficient and FID is biased upwards; "
                 "compare FID only between runs with the same number of images")
     return {"status": "computed", "extractor": extractor, "fid": fid, "kid": kid["kid"],
-            "kid_x1e3": kid["kid"] * 1e3, "kid_std_x1e3": kid["kid_std"] * 1e3,
+            "kid_x1e3": kid["kid"] * 1e3,
+            "kid_std_x1e3": None if kid["kid_std"] is None else kid["kid_std"] * 1e3,
             "kid_subset_size": kid["subset_size"], "kid_subsets": kid["n_subsets"], "kid_seed": KID_SEED,
+            "kid_requested_subset_size": kid["requested_subset_size"],
+            "kid_requested_subsets": kid["requested_subsets"], "kid_reduced": kid["reduced"],
+            "kid_protocol": kid["protocol"], "feature_layer": layer, "resize": resize, "weights": weights_info,
             "n_images": int(n), "n_images_fake": int(ff.shape[0]), "feature_dim": int(d), "note": note}

@@ -15,7 +15,7 @@ import json
 import math
 from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -35,6 +35,9 @@ PROTOCOL = {
     "iod": "sum over pixels of DAB optical density 6 * skimage.color.rgb2hed(rgb)[..., 2] (OD * px)",
     "dab_pos": "fraction of pixels with DAB OD > dab_threshold_od",
     "null": "null means undefined (no image, no finite value, constant sample) or not computed",
+    "ci95": "percentile bootstrap over images, 2000 resamples, numpy default_rng(0) (metrics/stats.py); "
+            "Pearson r: pairs resampled together, and Fisher z interval tanh(atanh(r) +- 1.96/sqrt(n-3))",
+    "iod_basis": "IOD agreement uses per-image IOD when all images have one size, else mean OD (IOD per pixel)",
 }
 
 
@@ -42,14 +45,34 @@ def _mean(values: Sequence[float]) -> Optional[float]:
     return float(np.mean(values)) if len(values) else None
 
 
+IOD_BASIS_IMAGE = "iod (OD*px per image; all images one size)"
+IOD_BASIS_AREA = "mean_od (IOD / pixels, OD; images of different sizes, so IOD is normalised per area)"
+
+
 def group_summary(scores: Sequence[PairScore]) -> Dict[str, object]:
-    """Summary of one group of images: n_images, psnr (finite mean), psnr_n_infinite, ssim, stain agreement."""
+    """Summary of one group of images: n_images, psnr (finite mean), psnr_n_infinite, ssim, stain agreement, and
+    95 % intervals (:mod:`metrics.stats`): ``psnr_ci95``, ``ssim_ci95`` (bootstrap over images),
+    ``iod_pearson_r_ci95`` (bootstrap over pairs) and ``iod_pearson_r_ci95_fisher``.
+
+    IOD grows with the number of pixels, so pooling images of different sizes would correlate sizes, not staining:
+    then r and the MAE are computed on the mean OD (IOD per pixel) and ``iod_basis`` says so."""
+    from metrics.stats import bootstrap_mean_ci, bootstrap_pearson_ci, fisher_z_ci
+
     p, _, n_inf = mean_psnr(s.psnr for s in scores)
     out: Dict[str, object] = {
         "n_images": len(scores), "psnr": p, "psnr_n_infinite": n_inf, "ssim": _mean([s.ssim for s in scores])}
+    out["psnr_ci95"] = bootstrap_mean_ci([s.psnr for s in scores if math.isfinite(s.psnr)])
+    out["ssim_ci95"] = bootstrap_mean_ci([s.ssim for s in scores])
     stain = [s for s in scores if math.isfinite(s.iod_real) and math.isfinite(s.iod_fake)]
-    agree = iod_agreement([s.iod_real for s in stain], [s.iod_fake for s in stain])
+    if len({(s.height, s.width) for s in stain}) > 1:
+        real, fake, out["iod_basis"] = ([s.dab_mean_od_real for s in stain], [s.dab_mean_od_fake for s in stain],
+                                        IOD_BASIS_AREA)
+    else:
+        real, fake, out["iod_basis"] = [s.iod_real for s in stain], [s.iod_fake for s in stain], IOD_BASIS_IMAGE
+    agree = iod_agreement(real, fake)
     out.update(agree)
+    out["iod_pearson_r_ci95"] = bootstrap_pearson_ci(real, fake)["ci"] if agree["iod_pearson_r"] is not None else None
+    out["iod_pearson_r_ci95_fisher"] = fisher_z_ci(agree["iod_pearson_r"], len(stain))
     out["iod_real_mean"] = _mean([s.iod_real for s in stain])
     out["iod_fake_mean"] = _mean([s.iod_fake for s in stain])
     out["dab_pos_real_mean"] = _mean([s.dab_pos_real for s in stain])
@@ -140,11 +163,25 @@ def fid_kid_text(fk: dict) -> str:
     """One line describing FID/KID (values, or why they were skipped)."""
     if fk.get("status") != "computed":
         return f"FID / KID: skipped ({fk.get('reason', '')})"
-    text = (f"FID {_fmt(fk['fid'], '.2f')}, KID x10^3 {_fmt(fk['kid_x1e3'], '.2f')} +- {_fmt(fk['kid_std_x1e3'], '.2f')}"
-            f" ({fk['kid_subsets']} subsets of {fk['kid_subset_size']}; {fk['n_images']} images; {fk['extractor']})")
+    text = f"FID {_fmt(fk['fid'], '.2f')}, KID x10^3 {_fmt(fk['kid_x1e3'], '.2f')}"
+    if fk.get("kid_std_x1e3") is not None:  # None: one estimate on all images, no spread to report
+        text += f" +- {_fmt(fk['kid_std_x1e3'], '.2f')} (std over subsets)"
+    protocol = fk.get("kid_protocol") or f"{fk['kid_subsets']} subsets of {fk['kid_subset_size']}"
+    text += f" (KID {protocol}; {fk['n_images']} images; {fk['extractor']})"
     if fk.get("note"):
         text += f". Note: {fk['note']}"
     return text
+
+
+def _ci(ci, spec: str) -> str:
+    return "n/a" if not ci else f"[{format(ci[0], spec)}, {format(ci[1], spec)}]"
+
+
+def ci_text(summary: dict) -> str:
+    """One line with the overall 95 % intervals (bootstrap over images; Fisher z for r)."""
+    return (f"95 % CI (bootstrap over {summary['n_images']} images): PSNR {_ci(summary.get('psnr_ci95'), '.2f')} dB, "
+            f"SSIM {_ci(summary.get('ssim_ci95'), '.4f')}, IOD r {_ci(summary.get('iod_pearson_r_ci95'), '.4f')} "
+            f"(Fisher z {_ci(summary.get('iod_pearson_r_ci95_fisher'), '.4f')})")
 
 
 def to_markdown(summary: dict) -> str:
@@ -164,7 +201,10 @@ def to_markdown(summary: dict) -> str:
         lines.append(f"| {name} | {g['n_images']} | {_fmt(g['psnr'], '.2f')} | {_fmt(g['ssim'], '.4f')} | "
                      f"{_fmt(g['iod_pearson_r'], '.4f')} | {_fmt(g['iod_mae'], '.4g')} | "
                      f"{_fmt(g['dab_pos_real_mean'], '.3f')} | {_fmt(g['dab_pos_fake_mean'], '.3f')} |")
-    lines += ["", fid_kid_text(summary["fid_kid"]), ""]
+    lines += ["", ci_text(summary), "", fid_kid_text(summary["fid_kid"]), ""]
+    if summary.get("iod_basis") == IOD_BASIS_AREA:
+        lines.append("- Images differ in size: IOD r and MAE are computed on the mean OD (IOD per pixel, OD), not on "
+                     "the IOD itself.")
     if summary.get("iod_pearson_r_note"):
         lines.append(f"- IOD Pearson r is left blank: {_md_escape(summary['iod_pearson_r_note'])}; per-level r is "
                      "blank where a level has fewer than 3 images or a near-constant series.")
@@ -200,8 +240,21 @@ def write_run_reports(run_dir: Path, summary: dict, scores: Sequence[PairScore])
     return out
 
 
-def comparison_markdown(summaries: Sequence[dict], run: str) -> str:
-    """One table across experiments (rows sorted as given)."""
+def experiments_left_out(root: Path, run: str, included: Sequence[str]) -> List[Tuple[str, str]]:
+    """``(name, reason)`` for each sub-folder of a results root that is not in ``included``: the experiments a
+    comparison table leaves out, e.g. ``('exp_b', "no 'test_latest/images' (has: test_10)")``."""
+    out = []
+    for d in sorted(Path(root).iterdir()):
+        if not d.is_dir() or d.name in included or d.name.startswith("."):
+            continue
+        have = sorted(e.name for e in d.iterdir() if (e / "images").is_dir())
+        out.append((d.name, f"no '{run}/images'" + (f" (has: {', '.join(have)})" if have else
+                                                     " (no <phase>_<epoch>/images folder)")))
+    return out
+
+
+def comparison_markdown(summaries: Sequence[dict], run: str, left_out: Sequence[Tuple[str, str]] = ()) -> str:
+    """One table across experiments (rows sorted as given), then the experiments left out and why."""
     lines = [f"# Results: {_md_escape(run)}", "",
              "| Experiment | N | Resolution | PSNR (dB) | SSIM | IOD Pearson r | IOD MAE (OD*px) | FID | KID x10^3 |",
              "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
@@ -212,14 +265,19 @@ def comparison_markdown(summaries: Sequence[dict], run: str) -> str:
         lines.append(f"| {_md_escape(s['experiment'])} | {s['n_images']} | {res} | {_fmt(s['psnr'], '.2f')} | "
                      f"{_fmt(s['ssim'], '.4f')} | {_fmt(s['iod_pearson_r'], '.4f')} | {_fmt(s['iod_mae'], '.4g')} | "
                      f"{_fmt(fk.get('fid') if ok else None, '.2f')} | {_fmt(fk.get('kid_x1e3') if ok else None, '.2f')} |")
+    if left_out:
+        lines += ["", f"Left out ({len(left_out)}):"] + [f"- {_md_escape(n)}: {_md_escape(w)}" for n, w in left_out]
     lines += ["", "Per-experiment details (per HER2 level, stain metrics): `<experiment>/" + run + "/metrics.md`.", ""]
     return "\n".join(lines)
 
 
-def write_comparison(root: Path, summaries: Sequence[dict], run: str) -> List[Path]:
-    """Write ``<root>/metrics_<run>.md`` and ``.json`` (list of the experiments' summaries) atomically."""
+def write_comparison(root: Path, summaries: Sequence[dict], run: str,
+                     left_out: Sequence[Tuple[str, str]] = ()) -> List[Path]:
+    """Write ``<root>/metrics_<run>.md`` and ``.json`` (the experiments' summaries and ``left_out``: ``[{"experiment",
+    "reason"}]``) atomically."""
     md = Path(root) / f"metrics_{run}.md"
     js = Path(root) / f"metrics_{run}.json"
-    atomic_write_text(md, comparison_markdown(summaries, run))
-    atomic_write_text(js, to_json({"run": run, "experiments": list(summaries)}))
+    atomic_write_text(md, comparison_markdown(summaries, run, left_out))
+    atomic_write_text(js, to_json({"run": run, "experiments": list(summaries),
+                                   "left_out": [{"experiment": n, "reason": w} for n, w in left_out]}))
     return [md, js]

@@ -113,8 +113,10 @@ class BaseModel:
             if getattr(opt, "channels_last", False):
                 fast_paths.to_channels_last(net)
             if getattr(opt, "winograd", False):
-                fast_paths.use_winograd(net, f"net{name}", self.device, getattr(opt, "compile", False),
-                                        getattr(opt, "amp", "none"))
+                from models.networks.winograd import use_winograd
+
+                use_winograd(net, f"net{name}", self.device, getattr(opt, "compile", False),
+                             getattr(opt, "amp", "none"))
             if self.isTrain and distributed.is_distributed():
                 net = distributed.convert_sync_batchnorm(net, self.device)
             if getattr(opt, "compile", False):

@@ -8,6 +8,7 @@ printed, written, created or seeded (see :func:`options.save_options` for saving
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 NORMS = ("batch", "instance", "none")
@@ -36,6 +37,16 @@ def gpu_ids_type(text: str) -> list[int]:
     except ValueError:
         raise argparse.ArgumentTypeError(f"--gpu_ids expects comma-separated integers such as 0 or 0,1 or -1 for CPU, got '{text}'")
     return [i for i in ids if i >= 0]
+
+
+def default_num_threads() -> int:
+    """``min(4, usable CPU cores)``: pix2pix's 4 loader workers, never more than the cores this process may use
+    (``os.sched_getaffinity`` where available, else ``os.cpu_count()``)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
 
 
 def add_base_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -70,7 +81,8 @@ def add_base_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
     g.add_argument("--A_dir", default="HE", help="folder name of the A images in the <A_dir>/<phase> layout (LLVIP: visible)")
     g.add_argument("--B_dir", default="IHC", help="folder name of the B images in the <B_dir>/<phase> layout (LLVIP: infrared)")
     g.add_argument("--serial_batches", action="store_true", help="take images in order (no shuffling)")
-    g.add_argument("--num_threads", type=int, default=4, help="# DataLoader worker processes (0 = load in the main process)")
+    g.add_argument("--num_threads", type=int, default=default_num_threads(),
+                   help="# DataLoader worker processes (0 = load in the main process); default min(4, CPU cores)")
     g.add_argument("--batch_size", type=int, default=1, help="input batch size (per process under torchrun)")
     g.add_argument("--load_size", type=int, default=286, help="scale images to this size")
     g.add_argument("--crop_size", type=int, default=256, help="then crop to this size")

@@ -19,6 +19,18 @@ def add_train_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     g.add_argument("--update_html_freq", type=int, default=1000, help="frequency (iterations) of saving results to HTML")
     g.add_argument("--print_freq", type=int, default=100, help="frequency (iterations) of printing losses")
     g.add_argument("--no_html", action="store_true", help="do not save results to <checkpoints_dir>/<name>/web/")
+    g.add_argument("--use_tensorboard", action="store_true",
+                   help="log losses, learning rate and visuals to <checkpoints_dir>/<name>/tensorboard (pip install "
+                        "tensorboard)")
+    g.add_argument("--use_wandb", action="store_true",
+                   help="log losses, learning rate and visuals to a wandb run in <checkpoints_dir>/<name>/wandb "
+                        "(pip install wandb)")
+    g.add_argument("--wandb_project", default="virtual-ihc", help="wandb project name")
+    g.add_argument("--wandb_mode", default="auto", choices=["auto", "offline", "online"],
+                   help="auto: online when a wandb API key is configured (wandb login), else offline (no network)")
+    g.add_argument("--progress_interval", type=float, default=30.0,
+                   help="seconds between progress lines (images/s, time left) when the output is not a terminal; "
+                        "0 = none")
     g = parser.add_argument_group("saving")
     g.add_argument("--save_latest_freq", type=int, default=5000,
                    help="frequency (images seen) of saving the checkpoint set 'latest' within an epoch (a whole set: "

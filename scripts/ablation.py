@@ -2,12 +2,13 @@
 dataset and write the table as markdown and CSV.
 
     python scripts/ablation.py --dataroot ./datasets/BCI --gpu_ids 0
-    python scripts/ablation.py --smoke            # tiny CPU run on the embedded sample (a few minutes)
+    python scripts/ablation.py --smoke --out_dir /tmp/ablation_smoke   # tiny CPU run on the embedded sample
 
 Rows (paper names): pix2pix = ``L1``; pix2pix+S1 = ``L1_L2``; +S1+S2 = ``L1_L2_L3``; +S1+S2+S3 = ``L1_L2_L3_L4``.
 Every other option after ``--`` goes to train.py unchanged (e.g. ``-- --n_epochs 50 --n_epochs_decay 50``).
-Outputs ``<out>/ablation.md``, ``<out>/ablation.csv`` (written atomically) and one experiment per pattern named
-``<prefix>_<pattern>`` under ``--checkpoints_dir`` / ``--results_dir``. With ``--tta`` every pattern is also tested
+Everything goes under ``--out_dir`` (default ``./ablation``, like ``scripts/table1.py``): ``ablation.md``,
+``ablation.csv`` (written atomically) and one experiment per pattern named ``<prefix>_<pattern>`` under
+``<out_dir>/checkpoints`` / ``<out_dir>/results`` (``--checkpoints_dir`` / ``--results_dir`` / ``--out`` override). With ``--tta`` every pattern is also tested
 with test-time augmentation (``test.py --tta --tta_modes <--tta_modes>``, results under ``<results_dir>/tta/``, so the
 plain results are kept) and the table gains ``psnr_tta`` / ``ssim_tta`` (issue 9: figures with and without TTA).
 """
@@ -38,9 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dataroot", default=None, help="paired dataset (default with --smoke: a derived sample)")
     p.add_argument("--patterns", default="L1,L1_L2,L1_L2_L3,L1_L2_L3_L4", help="comma-separated --pattern values")
     p.add_argument("--prefix", default="ablation", help="experiment name prefix")
-    p.add_argument("--checkpoints_dir", default="./checkpoints")
-    p.add_argument("--results_dir", default="./results")
-    p.add_argument("--out", default=None, help="folder of ablation.md/csv (default: <results_dir>/<prefix>)")
+    p.add_argument("--out_dir", default="./ablation",
+                   help="checkpoints, results and the table go here (as scripts/table1.py), not into ./checkpoints")
+    p.add_argument("--checkpoints_dir", default=None, help="default: <out_dir>/checkpoints")
+    p.add_argument("--results_dir", default=None, help="default: <out_dir>/results")
+    p.add_argument("--out", default=None, help="folder of ablation.md/csv (default: <out_dir>)")
     p.add_argument("--gpu_ids", default="-1")
     p.add_argument("--smoke", action="store_true", help="tiny networks, 2 epochs, on the embedded sample, CPU")
     p.add_argument("--no_fid", action="store_true", help="skip FID/KID in the evaluation")
@@ -166,9 +169,12 @@ def _main(argv: Sequence[str]) -> int:
         i = argv.index("--")
         argv, train_extra = argv[:i], argv[i + 1:]
     args = _parser().parse_args(argv)
+    args.checkpoints_dir = args.checkpoints_dir or str(Path(args.out_dir) / "checkpoints")
+    args.results_dir = args.results_dir or str(Path(args.out_dir) / "results")
     setup_logging()
+    log.info("writing under %s (checkpoints %s, results %s)", args.out_dir, args.checkpoints_dir, args.results_dir)
     rows = run(args, train_extra)
-    out = Path(args.out) if args.out else Path(args.results_dir) / args.prefix
+    out = Path(args.out) if args.out else Path(args.out_dir)
     md, cs = to_markdown(rows), to_csv(rows)
     atomic_write_text(out / "ablation.md", md)
     atomic_write_text(out / "ablation.csv", cs)

@@ -28,5 +28,5 @@ fi
 end=$(date +%s)
 echo
 echo "main job done in $((end - start)) s (after installation)."
-echo "results page: results/$NAME/test_latest/index.html"
+echo "evaluation report: results/$NAME/test_latest/report.html; results page: results/$NAME/test_latest/index.html"
 echo "training page: checkpoints/$NAME/web/index.html; scores: results/$NAME/test_latest/metrics.md"

@@ -63,3 +63,17 @@ def test_bad_tta_modes_fail_before_training(tmp_path, sample_bci, capsys):
                         "--checkpoints_dir", str(tmp_path)])
     assert rc == 2 and "rot45" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
+
+
+def test_everything_under_out_dir(tmp_path, sample_bci, monkeypatch):
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    out = tmp_path / "abl"
+    rc = ablation.main(["--dataroot", str(sample_bci), "--smoke", "--patterns", "L1", "--out_dir", str(out), "--no_fid",
+                        "--", "--max_dataset_size", "2", "--n_epochs_decay", "0"])
+    assert rc == 0
+    assert not any(cwd.iterdir())  # no ./checkpoints or ./results in the working folder
+    assert (out / "checkpoints" / "ablation_L1" / "latest_net_G.pth").is_file()
+    assert (out / "results" / "ablation_L1" / "test_latest" / "metrics.json").is_file()
+    assert (out / "ablation.csv").is_file() and (out / "ablation.md").is_file()

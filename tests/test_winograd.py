@@ -7,9 +7,8 @@ from torch import nn
 import options
 import train
 from models.networks import define_G
-from models.networks.winograd import WinogradConv2d, eligible, enable_winograd, winograd_conv3x3
+from models.networks.winograd import WinogradConv2d, eligible, enable_winograd, use_winograd, winograd_conv3x3
 from tests.conftest import train_args
-from util import fast_paths
 
 
 @pytest.mark.parametrize("shape,k,padding", [
@@ -187,11 +186,11 @@ def test_train_with_winograd_end_to_end_and_checkpoint_loads_without_it(sample_b
 
 def test_winograd_on_cuda_device_only_warns(caplog):
     net = define_G(3, 3, 8, "resnet_6blocks", "batch", False, "normal", 0.02)
-    assert fast_paths.use_winograd(net, "netG", torch.device("cuda")) == 0
+    assert use_winograd(net, "netG", torch.device("cuda")) == 0
     assert "CPU fast path" in caplog.text and not any(isinstance(m, WinogradConv2d) for m in net.modules())
-    assert fast_paths.use_winograd(net, "netG", torch.device("cpu"), compiling=True) == 12
+    assert use_winograd(net, "netG", torch.device("cpu"), compiling=True) == 12
     assert "no effect inside torch.compile" in caplog.text
-    fast_paths.use_winograd(net, "netG", torch.device("cpu"), amp="bf16")
+    use_winograd(net, "netG", torch.device("cpu"), amp="bf16")
     assert "no effect under --amp bf16" in caplog.text
 
 

@@ -53,7 +53,7 @@ def test_cli_writes_tiff_thumbnails_and_escaped_html(tmp_path, exp, small_png):
     assert s.dimensions == (200, 150) and float(s.properties["openslide.mpp-x"]) == pytest.approx(0.46)
     html = (out / "he & <x>_ihc.html").read_text()
     assert "he &amp; &lt;x&gt;.png" in html and "<x>" not in html
-    assert (out / "he & <x>_ihc_thumbnail.png").is_file() and (out / "he & <x>_ihc_he_thumbnail.png").is_file()
+    assert (out / "he & <x>_ihc_thumbnail.jpg").is_file() and (out / "he & <x>_ihc_he_thumbnail.jpg").is_file()
     # the generator really ran: output differs from the input
     a = np.asarray(s.read_region((0, 0), 0, (200, 150)))[..., :3]
     assert np.abs(a.astype(int) - np.asarray(Image.open(small_png)).astype(int)).mean() > 5

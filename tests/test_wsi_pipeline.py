@@ -18,7 +18,7 @@ MPP = 0.499
 
 
 def _settings(**kw):
-    base = dict(tile_size=128, overlap=32, batch_size=4, num_workers=0, tissue_mask=False, compression="deflate",
+    base = dict(tile_size=128, overlap=32, batch_size=4, num_workers=0, tissue_mask=False, white_background=False, compression="deflate",
                 progress=False, tiff_tile=256)
     base.update(kw)
     return StainSettings(**base)
@@ -58,15 +58,15 @@ def test_identity_is_exact_on_the_real_slide_and_output_reopens(tmp_path):
     assert float(s.properties["openslide.mpp-x"]) == pytest.approx(MPP, rel=1e-4)
     assert float(s.properties["openslide.mpp-y"]) == pytest.approx(MPP, rel=1e-4)
     for k in ("thumb", "he_thumb", "html"):
-        assert (tmp_path / {"thumb": "id_thumbnail.png", "he_thumb": "id_he_thumbnail.png",
+        assert (tmp_path / {"thumb": "id_thumbnail.jpg", "he_thumb": "id_he_thumbnail.jpg",
                             "html": "id.html"}[k]).is_file()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["id.html", "id.tiff", "id_he_thumbnail.png",
-                                                        "id_thumbnail.png"]  # no temporaries left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["id.html", "id.tiff", "id_he_thumbnail.jpg",
+                                                        "id_thumbnail.jpg"]  # no temporaries left
     # both thumbnails at the requested size (the virtual IHC one is not the tiny last pyramid level), and with an
     # identity generator they show the same picture
     from PIL import Image
-    ihc_th = np.asarray(Image.open(tmp_path / "id_thumbnail.png")).astype(int)
-    he_th = np.asarray(Image.open(tmp_path / "id_he_thumbnail.png")).astype(int)
+    ihc_th = np.asarray(Image.open(tmp_path / "id_thumbnail.jpg")).astype(int)
+    he_th = np.asarray(Image.open(tmp_path / "id_he_thumbnail.jpg")).astype(int)
     assert ihc_th.shape == he_th.shape == (1024, round(2220 * 1024 / 2967), 3)
     # (different resampling chains: 2x2 box pyramid + Lanczos vs one box filter, so not pixel-exact)
     assert np.abs(ihc_th - he_th).mean() < 4.0
@@ -179,3 +179,53 @@ def test_generator_failure_leaves_nothing(tmp_path):
     with pytest.raises(RuntimeError, match="boom"):
         stain_slide(flaky, SVS, out_dir / "x.tiff", _settings(tile_size=256, overlap=32, num_workers=1))
     assert list(out_dir.iterdir()) == []
+
+
+def _glass_slide(tmp_path):
+    """A 512x512 TIFF: glass (243, 241, 244) with one square of tissue-coloured pixels, 0.46 um/px."""
+    img = np.full((512, 512, 3), (243, 241, 244), np.uint8)
+    img[160:320, 160:320] = (190, 110, 160)
+    p = tmp_path / "glass.tiff"
+    ppcm = 1e4 / 0.46
+    tifffile.imwrite(p, img, tile=(128, 128), photometric="rgb", resolution=(ppcm, ppcm),
+                     resolutionunit="CENTIMETER", metadata=None)
+    return p, img
+
+
+PINK = torch.tensor([230.0, 200.0, 212.0]) / 127.5 - 1  # what a generator may paint on glass
+
+
+def _pink(x):
+    return PINK.view(1, 3, 1, 1).expand_as(x).clone()
+
+
+def test_glass_is_white_in_processed_and_skipped_tiles(tmp_path):
+    from wsi.tissue import glass_weight
+
+    src, img = _glass_slide(tmp_path)
+    out = tmp_path / "o.tiff"
+    stain_slide(_pink, src, out, _settings(tissue_mask=True, white_background=True, target_mpp=0.46))
+    got, _ = _read_all(out)
+    glass = np.all(img == (243, 241, 244), axis=-1)
+    assert got[glass].min() >= 254  # one white background, run or skipped
+    assert np.abs(got[200:280, 200:280].astype(int) - (230, 200, 212)).max() <= 1  # tissue keeps the output
+    stain_slide(_pink, src, tmp_path / "k.tiff", _settings(tissue_mask=True, white_background=False,
+                                                           target_mpp=0.46))
+    kept, _ = _read_all(tmp_path / "k.tiff")
+    # without the fade, glass inside processed tiles takes the generator's colour: the old patchwork
+    pink_glass = np.all(np.abs(kept.astype(int) - (230, 200, 212)) <= 1, axis=-1) & glass
+    white_glass = np.all(kept >= 254, axis=-1) & glass
+    assert pink_glass.sum() > 5000 and white_glass.sum() > 5000
+    w = glass_weight(torch.tensor([[[[243]], [[241]], [[244]]], [[[190]], [[110]], [[160]]]], dtype=torch.uint8))
+    assert w.flatten().tolist() == [1.0, 0.0]
+
+
+def test_thumbnails_are_jpeg(tmp_path):
+    from PIL import Image
+
+    src, _ = _glass_slide(tmp_path)
+    stain_slide(_pink, src, tmp_path / "o.tiff", _settings(target_mpp=0.46))
+    for name in ("o_thumbnail.jpg", "o_he_thumbnail.jpg"):
+        with Image.open(tmp_path / name) as im:
+            assert im.format == "JPEG"
+    assert 'src="o_thumbnail.jpg"' in (tmp_path / "o.html").read_text()

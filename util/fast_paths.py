@@ -10,9 +10,8 @@ cuDNN autotuning.
   suppress_errors``), again with PyTorch's warning. The first steps are slow (compilation).
 * cuDNN benchmark mode on CUDA (``torch.backends.cudnn.benchmark``): autotunes convolution algorithms for the fixed
   training image size.
-* ``--winograd`` (CPU): 3x3 stride-1 convolutions with at least 32 channels, i.e. the ResNet blocks, by Winograd
-  F(4x4, 3x3) (:mod:`models.networks.winograd`): 4x fewer multiplications, float32 with ~1e-5 relative rounding
-  differences from direct convolution; checkpoints unchanged.
+* ``--winograd`` (CPU) lives with the networks, :func:`models.networks.winograd.use_winograd` (util/ does not
+  import models/).
 * CPU training with glibc: :func:`tune_cpu_allocator` keeps freed activation memory in the heap for the next step
   instead of returning it to the kernel and faulting it back in (about 3 % of a 256 px pyramid pix2pix step here).
 """
@@ -79,28 +78,6 @@ def to_channels_last(net: nn.Module) -> nn.Module:
     """Convert the 4-D parameters and buffers of ``net`` to channels-last in place (same Parameter objects, so
     optimizers built earlier stay valid); returns ``net``."""
     return net.to(memory_format=torch.channels_last)
-
-
-def use_winograd(net: nn.Module, name: str, device: torch.device, compiling: bool = False,
-                 amp: str = "none") -> int:
-    """``--winograd``: switch the eligible 3x3 convolutions of ``net`` to Winograd F(4x4, 3x3)
-    (:func:`models.networks.winograd.enable_winograd`); logs how many. On CUDA it does nothing but warn (cuDNN
-    chooses Winograd kernels itself under ``cudnn.benchmark``). Returns the number of layers switched."""
-    from models.networks.winograd import enable_winograd
-
-    if device.type != "cpu":
-        log.warning("--winograd is a CPU fast path; on %s cuDNN picks its own algorithms: %s unchanged",
-                    device.type, name)
-        return 0
-    if compiling:
-        log.warning("--winograd has no effect inside torch.compile graphs (--compile): %s keeps direct "
-                    "convolutions there", name)
-    if amp != "none":
-        log.warning("--winograd has no effect under --amp %s (Winograd transforms need float32): %s keeps direct "
-                    "convolutions in autocast regions", amp, name)
-    count = enable_winograd(net)
-    log.info("--winograd: %d convolution(s) of %s use Winograd F(4x4,3x3)", count, name)
-    return count
 
 
 def _probe_fn(x):

@@ -25,6 +25,26 @@ from util.fileio import atomic_write_text
 
 PathLike = Union[str, os.PathLike]
 
+#: What each pix2pix visual shows in this project (H&E -> HER2 IHC). File names keep the pix2pix names
+#: (``<stem>_real_A.png`` ...); pages show these labels. CycleGAN's extra visuals keep descriptive names.
+VISUAL_LABELS = {
+    "real_A": "H&E",
+    "fake_B": "virtual IHC",
+    "real_B": "real IHC",
+    "fake_A": "virtual H&E",
+    "rec_A": "H&E reconstructed",
+    "rec_B": "IHC reconstructed",
+    "idt_A": "identity (IHC in, G_A)",
+    "idt_B": "identity (H&E in, G_B)",
+    "real": "H&E",
+    "fake": "virtual IHC",
+}
+
+
+def visual_label(name: str) -> str:
+    """Label for a visual name: ``'fake_B'`` -> ``'virtual IHC'``; unknown names are returned unchanged."""
+    return VISUAL_LABELS.get(name, name)
+
 
 def url_for(path: PathLike) -> str:
     """Percent-encode a relative file path for an ``href``/``src`` attribute.

@@ -35,7 +35,7 @@ from urllib.parse import urlparse
 import numpy as np
 import torch
 
-from util.html import HTMLPage
+from util.html import HTMLPage, visual_label
 from util.image_io import save_png, tensor_to_uint8
 
 log = logging.getLogger(__name__)
@@ -158,8 +158,14 @@ class Visualizer:
         self.vis = None
         self.saved = False
         self.plot_data: Optional[Dict[str, List]] = None
+        from util.trackers import Trackers, from_options
+
+        self.trackers = Trackers()
+        self.step = 0
         if not self.active:
             return
+        config = {k: v for k, v in vars(opt).items() if isinstance(v, (bool, int, float, str)) or v is None}
+        self.trackers = from_options(opt, config)  # --use_tensorboard / --use_wandb
         self.exp_dir.mkdir(parents=True, exist_ok=True)
         if self.use_html:
             self.img_dir.mkdir(parents=True, exist_ok=True)
@@ -209,7 +215,13 @@ class Visualizer:
         """Allow the next :meth:`display_current_results` to save images even with ``save_result=False``."""
         self.saved = False
 
-    def display_current_results(self, visuals: Mapping[str, torch.Tensor], epoch: int, save_result: bool) -> None:
+    def log_scalars(self, values: Mapping[str, float], step: int) -> None:
+        """Send scalars (e.g. ``{"lr": 2e-4}``) to the enabled trackers at ``step`` (images seen)."""
+        if self.active and self.trackers:
+            self.trackers.log_scalars({k: float(v) for k, v in values.items()}, step)
+
+    def display_current_results(self, visuals: Mapping[str, torch.Tensor], epoch: int, save_result: bool,
+                                step: Optional[int] = None) -> None:
         """Show the first image of each visual in visdom and save it to the HTML page.
 
         Args:
@@ -218,6 +230,7 @@ class Visualizer:
             epoch: epoch number (>= 0).
             save_result: save the PNGs and rewrite ``web/index.html`` (also done on the first call after
                 construction or :meth:`reset`). Ignored with ``--no_html``.
+            step: images seen (``total_iters``), for the trackers (default: the last step seen).
 
         Raises:
             TypeError: a visual is not a tensor. ValueError: a visual has an unsupported shape, or a label contains a
@@ -229,6 +242,9 @@ class Visualizer:
             if "/" in label or "\\" in label or label in ("", ".", ".."):
                 raise ValueError(f"visual label {label!r} cannot be used in a file name")
         images = {label: _visual_to_uint8(t) for label, t in visuals.items()}
+        if self.trackers:
+            self.step = self.step if step is None else int(step)
+            self.trackers.log_images({f"images/{k}": a for k, a in images.items()}, self.step)
         if self.vis is not None:
             self._display_visdom(images)
         if self.use_html and (save_result or not self.saved):
@@ -275,7 +291,8 @@ class Visualizer:
                 continue
             page.add_header(f"epoch [{n}]")
             paths = [f"images/epoch{n:03d}_{lb}.png" for lb in present]
-            page.add_images(paths, present, paths, width=self.win_size)
+            captions = [visual_label(lb) if visual_label(lb) == lb else f"{visual_label(lb)} ({lb})" for lb in present]
+            page.add_images(paths, captions, paths, width=self.win_size)
         page.save()
 
     def plot_current_losses(self, epoch: int, counter_ratio: float, losses: Mapping[str, float]) -> None:
@@ -317,6 +334,9 @@ class Visualizer:
         message = f"(epoch: {epoch}, iters: {iters}, time: {t_comp:.3f}, data: {t_data:.3f}) "
         message += "".join(f"{k}: {float(v):.3f} " for k, v in losses.items())
         if self.active:
+            self.step = int(iters)
+            if self.trackers:
+                self.trackers.log_scalars({f"loss/{k}": float(v) for k, v in losses.items()}, self.step)
             log.info("%s", message)
             with open(self.log_name, "a", encoding="utf-8") as f:
                 f.write(message + "\n")
@@ -324,6 +344,7 @@ class Visualizer:
 
     def close(self) -> None:
         """Close the visdom HTTP session (if any) and stop sending to visdom. Files on disk are already complete."""
+        self.trackers.close()
         vis, self.vis = self.vis, None
         if vis is not None and getattr(vis, "_session", None) is not None:
             vis._session.close()

@@ -3,7 +3,9 @@
 Data flow (memory bounded by a few tiles, independent of the slide size):
 
 1. :func:`plan_reading` picks the level and resampling so that the network sees pixels of the model's MPP.
-2. :func:`wsi.tissue.tissue_mask` on a thumbnail selects the tiles to run; the others stay white.
+2. :func:`wsi.tissue.tissue_mask` on a thumbnail selects the tiles to run; the others stay white, and so does the
+   glass inside the tiles that are run (:func:`wsi.tissue.glass_weight` of the input pixel fades the output to white;
+   ``white_background=False`` keeps the generator's own background colour), so the slide has one background.
 3. A ``torch.utils.data.DataLoader`` (workers read and resample tiles in parallel, each opening its own reader)
    feeds batches to the generator under ``torch.inference_mode()`` (and bf16/fp16 autocast on CUDA).
 4. :class:`BandBlender` adds each output tile, weighted by its partition-of-unity window (:mod:`wsi.tiling`), into a
@@ -36,7 +38,7 @@ from util.errors import OptionError
 from wsi import writer as W
 from wsi.reader import MPP_TOLERANCE, SlideMPPError, SlideReader, choose_level, open_slide
 from wsi.tiling import TileGrid, validate_tiling
-from wsi.tissue import tiles_with_tissue, tissue_mask
+from wsi.tissue import glass_weight, tiles_with_tissue, tissue_mask
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -218,6 +220,7 @@ class StainSettings:
     slide_mpp: Optional[float] = None
     level: Optional[int] = None
     tissue_mask: bool = True
+    white_background: bool = True
     compression: str = "jpeg"
     tiff_tile: int = 512
     thumbnail_size: int = 1024
@@ -261,13 +264,17 @@ def run_generator(generator: Generator, dataset: TileDataset, grid: TileGrid, bl
     bar = tqdm(total=len(dataset), unit="tile", disable=not s.progress, desc=dataset.path.name, dynamic_ncols=True)
     with cf.ThreadPoolExecutor(max_workers=1) as pool, torch.inference_mode(), bar:
         for x, idx in loader:
+            glass = glass_weight(x) if s.white_background else None
             x = x.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
             with _autocast(device, s.precision):
                 y = generator(x)
             if y.shape != x.shape:
                 raise OptionError(f"the generator maps {tuple(x.shape)} to {tuple(y.shape)}; stain_slide needs a "
                                   "3-channel output of the input's size")
-            d = ((1.0 - y.float().clamp_(-1, 1)) * 0.5).permute(0, 2, 3, 1).cpu().numpy()
+            d = ((1.0 - y.float().clamp_(-1, 1)) * 0.5).cpu()
+            if glass is not None:  # glass comes out white, like the background tiles that are never run
+                d.mul_(1.0 - glass)
+            d = d.permute(0, 2, 3, 1).numpy()
             tiles = [dataset.tiles[int(k)] for k in idx]
             pending.append(pool.submit(_blend_batch, blender, tiles, d))
             while len(pending) > 1:
@@ -285,8 +292,8 @@ def _blend_batch(blender: BandBlender, tiles: List[Tuple[int, int]], d: np.ndarr
 
 
 def stain_slide(generator: Generator, input_path: PathLike, output_path: PathLike, s: StainSettings) -> Dict:
-    """Stain one slide; write ``output_path`` (``.tif``/``.tiff``) plus ``<stem>_thumbnail.png``,
-    ``<stem>_he_thumbnail.png`` and ``<stem>.html`` beside it.
+    """Stain one slide; write ``output_path`` (``.tif``/``.tiff``) plus ``<stem>_thumbnail.jpg``,
+    ``<stem>_he_thumbnail.jpg`` and ``<stem>.html`` beside it.
 
     Args:
         generator: maps ``(N, 3, T, T)`` in [-1, 1] to the same shape in [-1, 1] (T = ``s.tile_size``).

@@ -14,6 +14,7 @@ import math
 from typing import Tuple
 
 import numpy as np
+import torch
 from skimage import color, filters, morphology
 
 log = logging.getLogger(__name__)
@@ -73,3 +74,30 @@ def tiles_with_tissue(mask: np.ndarray, mask_scale: Tuple[float, float], grid) -
         x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, w), min(y1, h)
         out[r, c] = x1 > x0 and y1 > y0 and bool(mask[y0:y1, x0:x1].any())
     return out
+
+
+#: Per-pixel glass (slide background) ramp: weight 1 at saturation <= GLASS_SAT[0] and value >= GLASS_VAL[1],
+#: 0 at saturation >= GLASS_SAT[1] or value <= GLASS_VAL[0], linear in between (project convention, below the
+#: tissue detector's saturation threshold range [MIN_SATURATION, MAX_SATURATION]).
+GLASS_SAT = (0.05, 0.10)
+GLASS_VAL = (0.75, 0.85)
+
+
+def glass_weight(x: torch.Tensor) -> torch.Tensor:
+    """How much each input pixel is bare glass.
+
+    Args:
+        x: ``(N, 3, H, W)`` RGB, uint8 in [0, 255] or float in [0, 255].
+
+    Returns:
+        ``(N, 1, H, W)`` float32 in [0, 1]: 1 on unsaturated bright pixels (glass), 0 on tissue (HSV saturation
+        ``(max - min) / max`` and value ``max / 255``, as :func:`tissue_mask` reads them).
+    """
+    x = x.float()
+    mx = x.amax(dim=1, keepdim=True)
+    mn = x.amin(dim=1, keepdim=True)
+    sat = torch.where(mx > 0, (mx - mn) / mx.clamp_min(1e-6), torch.zeros_like(mx))
+    val = mx / 255.0
+    w_sat = ((GLASS_SAT[1] - sat) / (GLASS_SAT[1] - GLASS_SAT[0])).clamp(0, 1)
+    w_val = ((val - GLASS_VAL[0]) / (GLASS_VAL[1] - GLASS_VAL[0])).clamp(0, 1)
+    return w_sat * w_val

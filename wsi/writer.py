@@ -28,7 +28,7 @@ from PIL import Image
 from skimage.measure import block_reduce
 
 from util.errors import OptionError
-from util.fileio import atomic_path, atomic_write_text
+from util.fileio import atomic_path, atomic_write, atomic_write_text
 from util.image_io import save_png
 
 log = logging.getLogger(__name__)
@@ -224,9 +224,17 @@ def thumbnail(rgb: np.ndarray, max_size: int) -> np.ndarray:
                                                   Image.Resampling.LANCZOS))
 
 
+THUMBNAIL_JPEG_QUALITY = 90
+
+
 def write_thumbnail(rgb: np.ndarray, path: PathLike, max_size: int = 1024) -> Path:
-    """Save a thumbnail PNG (atomically)."""
-    return save_png(thumbnail(rgb, max_size), path)
+    """Save a thumbnail (atomically): JPEG, quality 90, for a ``.jpg``/``.jpeg`` path (a 1024 px slide overview is
+    a few hundred kB instead of megabytes of PNG), else PNG."""
+    small = thumbnail(rgb, max_size)
+    if Path(path).suffix.lower() in (".jpg", ".jpeg"):
+        return atomic_write(path, lambda p: Image.fromarray(small).save(p, format="JPEG",
+                                                                       quality=THUMBNAIL_JPEG_QUALITY))
+    return save_png(small, path)
 
 
 def write_html(path: PathLike, title: str, he_png: str, ihc_png: str, info: Dict[str, str]) -> Path:
@@ -259,11 +267,11 @@ def write_html(path: PathLike, title: str, he_png: str, ihc_png: str, info: Dict
 
 
 def output_paths(tiff_path: PathLike) -> Dict[str, Path]:
-    """The files of one stained slide: ``tiff``, ``thumb`` (virtual IHC PNG), ``he_thumb`` (input PNG), ``html``."""
+    """The files of one stained slide: ``tiff``, ``thumb`` (virtual IHC JPEG), ``he_thumb`` (input JPEG), ``html``."""
     p = Path(tiff_path)
     stem = p.name[: -len(p.suffix)] if p.suffix else p.name
-    return {"tiff": p, "thumb": p.with_name(f"{stem}_thumbnail.png"),
-            "he_thumb": p.with_name(f"{stem}_he_thumbnail.png"), "html": p.with_name(f"{stem}.html")}
+    return {"tiff": p, "thumb": p.with_name(f"{stem}_thumbnail.jpg"),
+            "he_thumb": p.with_name(f"{stem}_he_thumbnail.jpg"), "html": p.with_name(f"{stem}.html")}
 
 
 def existing_outputs(paths: Sequence[Path]) -> List[Path]:

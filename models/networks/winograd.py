@@ -240,3 +240,23 @@ def enable_winograd(net: nn.Module, min_channels: int = 32) -> int:
             m.__class__ = WinogradConv2d
             count += 1
     return count
+
+
+def use_winograd(net: nn.Module, name: str, device: torch.device, compiling: bool = False,
+                 amp: str = "none") -> int:
+    """``--winograd``: switch the eligible 3x3 convolutions of ``net`` to Winograd F(4x4, 3x3)
+    (:func:`enable_winograd`); logs how many. On CUDA it does nothing but warn (cuDNN
+    chooses Winograd kernels itself under ``cudnn.benchmark``). Returns the number of layers switched."""
+    if device.type != "cpu":
+        log.warning("--winograd is a CPU fast path; on %s cuDNN picks its own algorithms: %s unchanged",
+                    device.type, name)
+        return 0
+    if compiling:
+        log.warning("--winograd has no effect inside torch.compile graphs (--compile): %s keeps direct "
+                    "convolutions there", name)
+    if amp != "none":
+        log.warning("--winograd has no effect under --amp %s (Winograd transforms need float32): %s keeps direct "
+                    "convolutions in autocast regions", amp, name)
+    count = enable_winograd(net)
+    log.info("--winograd: %d convolution(s) of %s use Winograd F(4x4,3x3)", count, name)
+    return count
