@@ -7,6 +7,9 @@
     python scripts/bench_train.py --device cuda --sizes 1024 --options eager,bf16,bf16+channels_last
     python scripts/bench_train.py --device cuda --nproc 2 ...       # DDP through torchrun, images/s of the job
     python scripts/bench_train.py ... --readme README.md            # table between <!-- bench:start/end -->
+    python scripts/bench_train.py --models classic,pyramidpix2pix --reference ~/BCI   # + the authors' release
+    python scripts/bench_train.py --models pyramidpix2pix --options channels_last+winograd --concurrent 2 \
+        --policies passive,libgomp                                  # two trainings at once vs one alone
 
 Every configuration runs in a fresh subprocess (peak memory of that configuration alone: CPU peak RSS from
 ``resource.getrusage``, GPU ``torch.cuda.max_memory_allocated``) on synthetic inputs in [-1, 1], through the same
