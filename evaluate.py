@@ -11,6 +11,11 @@ and outputs: docs/EVALUATION.md. Exit status: 0 on success, 2 on a pairing/optio
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # Ctrl-C while the imports below load: one line and exit 130, not a traceback
+    from util.logging_setup import exit_on_early_interrupt
+
+    exit_on_early_interrupt("evaluate.py")
+
 import argparse
 import logging
 import math

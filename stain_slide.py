@@ -8,6 +8,11 @@ See docs/WSI.md for the options, the resolution rules, the output layout and mea
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # Ctrl-C while the imports below load: one line and exit 130, not a traceback
+    from util.logging_setup import exit_on_early_interrupt
+
+    exit_on_early_interrupt("stain_slide.py")
+
 import argparse
 import logging
 import sys

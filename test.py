@@ -13,6 +13,11 @@ the same size (images keep their native resolution; differently sized images go 
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # Ctrl-C while the imports below load: one line and exit 130, not a traceback
+    from util.logging_setup import exit_on_early_interrupt
+
+    exit_on_early_interrupt("test.py")
+
 import logging
 import sys
 from pathlib import Path
@@ -134,6 +139,14 @@ def _test(argv: Optional[Sequence[str]]) -> int:
     if not opt.flat_std >= 0:
         raise OptionError(f"--flat_std must be >= 0 grey levels, got {opt.flat_std}")
     options.seed_everything(opt.seed if opt.seed is not None else 0)
+    if "phase" not in explicit:
+        from data.layouts import default_test_phase
+
+        phase = default_test_phase(opt.dataroot, opt.phase)
+        if phase != opt.phase:
+            log.info("'%s' is a MIST stain folder without a %s split: testing on its '%s' split (results in %s_%s)",
+                     opt.dataroot, opt.phase, phase, phase, opt.epoch)
+            opt.phase = phase
 
     dataset = data.create_dataset(opt)
     total = len(dataset)

@@ -9,6 +9,11 @@ See README.md for the options; ``python train.py --help`` lists them with their 
 """
 from __future__ import annotations
 
+if __name__ == "__main__":  # Ctrl-C while the imports below load: one line and exit 130, not a traceback
+    from util.logging_setup import exit_on_early_interrupt
+
+    exit_on_early_interrupt("train.py")
+
 import logging
 import sys
 import time
@@ -92,19 +97,31 @@ def _loop(opt, info, exp: Path) -> int:
         model.data_dependent_initialize(first)
     model.setup(opt)
     model.prepare_networks(opt)
-    start_epoch, total_iters, skip_batches = opt.epoch_count, 0, 0
+    start_epoch, total_iters, skip_items = opt.epoch_count, 0, 0
     if opt.continue_train:
         state = model.load_training_state(opt.epoch)
         cs = model.loaded_set
         total_iters = state["total_iters"]
-        skip_batches = int(state.get("epoch_iter", 0))
-        start_epoch = state["epoch"] if skip_batches else state["epoch"] + 1
+        saved_batch = int((cs.get("options") or {}).get("batch_size", opt.batch_size))
+        # items of the unfinished epoch this process has trained on (older sets count batches)
+        skip_items = int(state.get("epoch_items", int(state.get("epoch_iter", 0)) * saved_batch))
+        start_epoch = state["epoch"] if skip_items else state["epoch"] + 1
+        if skip_items and saved_batch != opt.batch_size:
+            log.warning("resuming a mid-epoch set written with --batch_size %d using --batch_size %d: the epoch "
+                        "continues after the same %d items, but the run will not be bit-identical to an "
+                        "uninterrupted one", saved_batch, opt.batch_size, skip_items)
+        later = sorted(int(m["label"]) for m in list_sets(exp)
+                       if str(m.get("label", "")).isdigit() and int(m["label"]) >= start_epoch)
+        if later:
+            log.warning("checkpoint sets %s are from a later point of an earlier run; they are replaced as this run "
+                        "reaches those epochs", ", ".join(map(str, later)))
         if "data_seed" in state:
             data_seed = int(state["data_seed"])
         else:
             log.warning("checkpoint set '%s' has no data seed (written before checkpoint sets): the data order of the "
                         "resumed epochs differs from an uninterrupted run's", opt.epoch)
-        where = f"epoch {start_epoch}, batch {skip_batches + 1}" if skip_batches else f"epoch {start_epoch}"
+        where = (f"epoch {start_epoch}, batch {skip_items // opt.batch_size + 1}" if skip_items
+                 else f"epoch {start_epoch}")
         log.info("resumed from checkpoint set %s; continuing at %s", cs.describe(), where)
     sampler = training_sampler(dataset, opt, data_seed)
     loader = data.create_dataloader(opt, SeededItems(dataset), sampler=sampler)
@@ -129,20 +146,25 @@ def _loop(opt, info, exp: Path) -> int:
                     start_epoch - 1, last_epoch)
     opt_dict = options.options_to_dict(opt)
 
-    def save(label, epoch, epoch_iter=0):
+    def committed(manifest):  # called right after the commit rename: from then on this set is what a resume uses
+        from util.checkpoint import CheckpointSet
+
+        _Progress.last_set = CheckpointSet(exp, manifest["label"], manifest, {}).describe()
+
+    def save(label, epoch, epoch_items=0):
         guard.check()  # never write a checkpoint of a state reached after a NaN/inf loss
         if not info.is_main:
             return
-        manifest = model.save_set(label, epoch, total_iters, epoch_iter, extra={"data_seed": int(data_seed)},
-                                  options=opt_dict)
-        from util.checkpoint import CheckpointSet
-
-        _Progress.last_set = CheckpointSet(exp, str(label), manifest, {}).describe()
+        model.save_set(label, epoch, total_iters, -(-epoch_items // opt.batch_size), epoch_items,
+                       extra={"data_seed": int(data_seed)}, options=opt_dict, on_commit=committed)
         if opt.keep_last > 0 and isinstance(label, int):
-            epochs = sorted(int(m["label"]) for m in list_sets(exp) if str(m.get("label", "")).isdigit())
-            for old in epochs[:-opt.keep_last]:
-                delete_set(exp, old)
-                log.info("removed checkpoint set '%d' (--keep_last %d)", old, opt.keep_last)
+            # the K most recently written epoch sets stay (never the one just written)
+            sets = sorted((m for m in list_sets(exp) if str(m.get("label", "")).isdigit()),
+                          key=lambda m: int(str(m.get("set_id", "0")).split("-")[0], 16))
+            for m in sets[:-opt.keep_last]:
+                if m["label"] != str(label):
+                    delete_set(exp, m["label"])
+                    log.info("removed checkpoint set '%s' (--keep_last %d)", m["label"], opt.keep_last)
 
     t_start = time.time()
     from util.progress import ProgressReporter
@@ -151,14 +173,17 @@ def _loop(opt, info, exp: Path) -> int:
                                 enabled=None if info.is_main else False)
     for epoch in range(start_epoch, last_epoch + 1):
         sampler.set_epoch(epoch)
-        done_before = skip_batches if epoch == start_epoch else 0
-        sampler.set_start(done_before * opt.batch_size)
+        items_before = skip_items if epoch == start_epoch else 0
+        sampler.set_start(items_before)
+        done_before = items_before // opt.batch_size
         visualizer.reset()
         model.train()
+        model.set_epoch(epoch)
         t_data0 = time.time()
         bar = tqdm(loader, desc=f"epoch {epoch}/{last_epoch}", unit="batch", leave=False, dynamic_ncols=True,
                    disable=None if info.is_main else True)
-        for i, batch in enumerate(bar, start=done_before):
+        for j, batch in enumerate(bar):
+            i = done_before + j
             t_iter0 = time.time()
             t_data = t_iter0 - t_data0
             n = batch["A"].shape[0] * info.world_size  # images of this iteration over all processes
@@ -181,9 +206,10 @@ def _loop(opt, info, exp: Path) -> int:
                 visualizer.print_current_losses(epoch, total_iters, losses, t_comp, t_data)
                 visualizer.plot_current_losses(epoch, (i + 1) / max(1, sampler.share() // opt.batch_size), losses)
                 bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()})
-            if total_iters % opt.save_latest_freq < n and i + 1 < len(loader) + done_before:
+            if total_iters % opt.save_latest_freq < n and j + 1 < len(loader):  # the epoch end saves anyway
                 log.info("saving the latest model (epoch %d, batch %d, total_iters %d)", epoch, i + 1, total_iters)
-                save(f"iter_{total_iters}" if opt.save_by_iter else "latest", epoch, i + 1)
+                save(f"iter_{total_iters}" if opt.save_by_iter else "latest", epoch,
+                     items_before + (j + 1) * opt.batch_size)
             progress.update(epoch, i, n)
             t_data0 = time.time()
         guard.check()
@@ -192,9 +218,11 @@ def _loop(opt, info, exp: Path) -> int:
         model.metric = distributed.mean_scalar(sum(losses.values()) if losses else 0.0, info.device)
         lr = model.update_learning_rate()
         visualizer.log_scalars({"lr": lr}, total_iters)  # --use_tensorboard / --use_wandb
-        save("latest", epoch)
+        # the numbered set first: a kill between the two leaves 'latest' older, and resuming from it passes this
+        # epoch's end again and rewrites the numbered set (the other order would lose it for good)
         if epoch % opt.save_epoch_freq == 0 or epoch == last_epoch:
             save(epoch, epoch)
+        save("latest", epoch)
         log.info("end of epoch %d / %d (%.1f s elapsed); next lr %.7f; %s", epoch, last_epoch, time.time() - t_start,
                  lr, ", ".join(f"{k} {v:.4f}" for k, v in losses.items()))
     distributed.barrier()

@@ -6,8 +6,11 @@ For a dataroot and a phase (``train``, ``test``, ``val``, ...) exactly one of th
     ``combine_A_and_B.py`` output).
 (b) ``folders``: ``<dataroot>/<A_dir>/<phase>/NAME`` with ``<dataroot>/<B_dir>/<phase>/NAME`` (the BCI download layout,
     ``HE``/``IHC``; ``--A_dir visible --B_dir infrared`` for LLVIP), paired by identical file name.
-(c) ``phase_ab``: ``<dataroot>/<phase>A/NAME`` with ``<dataroot>/<phase>B/NAME`` (the CycleGAN / MIST layout:
-    ``trainA``, ``valB``; for MIST point dataroot at ``TrainValAB``), paired by identical file name.
+(c) ``phase_ab``: ``<dataroot>/<phase>A/NAME`` with ``<dataroot>/<phase>B/NAME`` (the CycleGAN layout: ``trainA``,
+    ``valB``), paired by identical file name.
+(d) ``mist``: ``<dataroot>/TrainValAB/<phase>A/NAME`` with ``<dataroot>/TrainValAB/<phase>B/NAME``: one stain folder of
+    the MIST dataset as its authors distribute it (``--dataroot MIST/HER2``; also ER, PR, Ki67), paired by file name.
+    MIST has ``train`` and ``val`` splits only: :func:`default_test_phase` makes ``test.py`` use ``val`` there.
 
 A layout counts as present when any of its folders for the phase exists. Several present layouts, or none, raise
 :class:`~util.errors.DataError` naming the dataroot, what was found there, and the three expected layouts.
@@ -32,7 +35,9 @@ PathLike = Union[str, os.PathLike]
 
 IMG_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp", ".ppm")
 
-COMBINED, FOLDERS, PHASE_AB = "combined", "folders", "phase_ab"
+COMBINED, FOLDERS, PHASE_AB, MIST = "combined", "folders", "phase_ab", "mist"
+#: the folder of a MIST stain directory that holds the trainA/trainB/valA/valB splits
+MIST_DIR = "TrainValAB"
 
 _MAX_LISTED = 10
 
@@ -43,7 +48,8 @@ def expected_layouts(dataroot: PathLike, phase: str, A_dir: str = "HE", B_dir: s
     return (
         f"expected one of: (a) combined AB images in {root / phase}/; "
         f"(b) {root / A_dir / phase}/NAME with {root / B_dir / phase}/NAME (BCI layout; --A_dir/--B_dir); "
-        f"(c) {root / (phase + 'A')}/NAME with {root / (phase + 'B')}/NAME (CycleGAN/MIST layout)"
+        f"(c) {root / (phase + 'A')}/NAME with {root / (phase + 'B')}/NAME (CycleGAN layout); "
+        f"(d) {root / MIST_DIR / (phase + 'A')}/NAME with {root / MIST_DIR / (phase + 'B')}/NAME (MIST stain folder)"
     )
 
 
@@ -102,7 +108,7 @@ class Layout:
     """The detected layout of a dataroot for one phase.
 
     Attributes:
-        kind: :data:`COMBINED`, :data:`FOLDERS` or :data:`PHASE_AB`.
+        kind: :data:`COMBINED`, :data:`FOLDERS`, :data:`PHASE_AB` or :data:`MIST`.
         A_folder, B_folder: the folders holding A and B images (both the same AB folder for ``combined``).
     """
 
@@ -130,8 +136,11 @@ def detect_layout(dataroot: PathLike, phase: str, A_dir: str = "HE", B_dir: str 
         COMBINED: (root / phase, root / phase),
         FOLDERS: (root / A_dir / phase, root / B_dir / phase),
         PHASE_AB: (root / f"{phase}A", root / f"{phase}B"),
+        MIST: (root / MIST_DIR / f"{phase}A", root / MIST_DIR / f"{phase}B"),
     }
-    present = [k for k, (a, b) in candidates.items() if a.is_dir() or b.is_dir()]
+    # a MIST stain folder counts as present by its TrainValAB folder, so a missing split inside it is named
+    present = [k for k, (a, b) in candidates.items()
+               if a.is_dir() or b.is_dir() or (k == MIST and (root / MIST_DIR).is_dir())]
     if not present:
         found = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())
         raise DataError(
@@ -150,6 +159,19 @@ def detect_layout(dataroot: PathLike, phase: str, A_dir: str = "HE", B_dir: str 
         if not folder.is_dir():
             raise DataError(f"folder '{folder}' is missing (layout {kind}); {expected}")
     return Layout(kind, a, b)
+
+
+def default_test_phase(dataroot: PathLike, phase: str = "test") -> str:
+    """The phase ``test.py`` should read: ``'val'`` for a MIST stain folder (:data:`MIST_DIR` layout) that has no
+    ``test`` split but a ``val`` one, else ``phase`` unchanged (also for every other layout)."""
+    mist = Path(dataroot) / MIST_DIR
+    if phase != "test" or not mist.is_dir():
+        return phase
+    if (mist / "testA").exists() or (mist / "testB").exists():
+        return phase
+    if (mist / "valA").is_dir() or (mist / "valB").is_dir():
+        return "val"
+    return phase
 
 
 def pair_by_name(A_files: Sequence[Path], B_files: Sequence[Path], A_folder: PathLike, B_folder: PathLike

@@ -231,12 +231,13 @@ def to_markdown(summary: dict) -> str:
 
 
 def write_run_reports(run_dir: Path, summary: dict, scores: Sequence[PairScore]) -> List[Path]:
-    """Write ``metrics.csv``, ``metrics.md`` and ``metrics.json`` into ``run_dir`` atomically; returns their paths."""
+    """Write ``metrics.csv``, ``metrics.md`` and ``metrics.json`` into ``run_dir`` as one group (all written, then
+    all renamed: a failed write leaves the earlier three as they were); returns their paths."""
+    from util.fileio import atomic_write_texts
+
     run_dir = Path(run_dir)
     out = [run_dir / "metrics.csv", run_dir / "metrics.md", run_dir / "metrics.json"]
-    atomic_write_text(out[0], to_csv(scores))
-    atomic_write_text(out[1], to_markdown(summary))
-    atomic_write_text(out[2], to_json(summary))
+    atomic_write_texts({out[0]: to_csv(scores), out[1]: to_markdown(summary), out[2]: to_json(summary)})
     return out
 
 

@@ -33,10 +33,17 @@ from typing import Optional, Sequence
 
 import numpy as np
 from scipy import stats
-from skimage.color import rgb2hed
+from skimage.color import hed_from_rgb, rgb2hed
 
 #: ``-log10(1e-6)``: converts scikit-image's stain amounts to decimal optical density.
 SKIMAGE_TO_OD = 6.0
+#: The stain matrix ``rgb2hed`` applies (scikit-image's ``hed_from_rgb``, read-only view): stain amounts are
+#: ``(-log(max(rgb, 1e-6)) / -log(1e-6)) @ HED_FROM_RGB``; column 2 is DAB. Differentiable re-implementations of the
+#: deconvolution (``models/dab_loss.py``) use this matrix so training and evaluation share one set of stain vectors.
+HED_FROM_RGB = hed_from_rgb.view()
+HED_FROM_RGB.flags.writeable = False
+#: Smallest RGB value (in [0, 1]) before the logarithm, as in scikit-image's ``separate_stains``.
+RGB_FLOOR = 1e-6
 #: Default DAB-positive threshold in decimal optical density (project convention, see module docstring).
 DAB_THRESHOLD_OD = 0.15
 

@@ -15,6 +15,8 @@ _MODULES = {
     "pyramidpix2pix": "models.pyramidpix2pix_model",
     "cycle_gan": "models.cycle_gan_model",
     "pix2pixhd": "models.pix2pixhd_model",
+    "cut": "models.cut_model",
+    "asp": "models.asp_model",
     "test": "models.test_model",
 }
 _REGISTRY: dict[str, type] = {}

@@ -80,6 +80,11 @@ class BaseModel:
         :meth:`setup` (so the lazily built networks are loaded with the checkpoint set and get schedulers).
         Default: nothing to build."""
 
+    def set_epoch(self, epoch: int) -> None:
+        """Told by the training loop at the start of every epoch (1-based, as logged), for losses whose weights follow
+        the training progress (ASP). Default: remembered as ``current_epoch``."""
+        self.current_epoch = int(epoch)
+
     def optimize_parameters(self) -> None:
         raise NotImplementedError
 
@@ -169,15 +174,23 @@ class BaseModel:
 
         def g_step():
             self.set_requires_grad(netsD, False)
-            self.optimizer_G.zero_grad(set_to_none=True)
+            extra = self.extra_G_optimizers()  # e.g. netR of --reg_correction, trained on the G objective
+            for o in [self.optimizer_G, *extra]:
+                o.zero_grad(set_to_none=True)
             with self.autocast():
                 loss = self.compute_G_loss()
             self.backward(loss, self.optimizer_G)
-            self.step(self.optimizer_G)
+            for o in [self.optimizer_G, *extra]:
+                self.step(o)
 
         for stage in ((d_step, g_step) if d_first else (g_step, d_step)):
             stage()
         self.set_requires_grad(netsD, True)
+
+    def extra_G_optimizers(self) -> list:
+        """Optimizers of networks trained on the generator objective besides ``optimizer_G`` (stepped in
+        :meth:`gan_iteration`'s generator step, after G's); none by default."""
+        return []
 
     def train_step(self) -> None:
         """One training iteration: ``optimize_parameters()`` under the ``--amp`` autocast.
@@ -285,13 +298,14 @@ class BaseModel:
                     "stopped and no checkpoint was written for this state. Lower --lr or check the input data.")
 
     # ---- saving and loading -------------------------------------------------------------------------------------
-    def save_set(self, label, epoch: int, total_iters: int, epoch_iter: int = 0, extra: Optional[dict] = None,
-                 options: Optional[dict] = None) -> dict:
+    def save_set(self, label, epoch: int, total_iters: int, epoch_iter: int = 0, epoch_items: int = 0,
+                 extra: Optional[dict] = None, options: Optional[dict] = None, on_commit=None) -> dict:
         """Save one checkpoint *set* atomically (:func:`util.checkpoint.write_set`): every network
         (``<label>_net_<name>.pth``, classic key layout, CPU tensors), the training state (``<label>_state.pth``, with
         ``extra`` merged in) and the manifest ``<label>_set.json`` (model, networks, epoch, ``epoch_iter`` = batches
-        done in an unfinished epoch (0 at an epoch end), images seen, options, file hashes). A reader sees the
-        whole previous set or the whole new one, never a mix. Returns the manifest.
+        and ``epoch_items`` = items of this process done in an unfinished epoch (0 at an epoch end), images seen,
+        options, file hashes). A reader sees the whole previous set or the whole new one, never a mix.
+        ``on_commit(manifest)`` is called right after the commit point. Returns the manifest.
 
         Raises:
             CheckpointError: a file cannot be written (the message names it); the previous set is intact.
@@ -301,12 +315,14 @@ class BaseModel:
             objects[f"{label}_net_{name}.pth"] = {k: v.detach().cpu() for k, v in unwrap(net).state_dict().items()}
         state = self.training_state(epoch, total_iters)
         state["epoch_iter"] = int(epoch_iter)
+        state["epoch_items"] = int(epoch_items)
         if extra:
             state.update(extra)
         objects[f"{label}_state.pth"] = state
         meta = {"model": self.model_name, "networks": list(self.model_names), "epoch": int(epoch),
-                "epoch_iter": int(epoch_iter), "total_iters": int(total_iters), "options": options or {}}
-        return write_set(self.save_dir, label, objects, meta)
+                "epoch_iter": int(epoch_iter), "epoch_items": int(epoch_items), "total_iters": int(total_iters),
+                "options": options or {}}
+        return write_set(self.save_dir, label, objects, meta, on_commit=on_commit)
 
     def save_networks(self, label) -> None:
         """Save every network to its own ``<save_dir>/<label>_net_<name>.pth`` (atomic per file, no set manifest:

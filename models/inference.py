@@ -11,7 +11,7 @@ from torch import nn
 
 from models.networks import define_G, generator_extras
 from options import load_train_options
-from util.checkpoint import load_network, open_set
+from util.checkpoint import NoSuchSetError, load_network, open_set
 from util.errors import CheckpointError
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,7 @@ def load_generator(checkpoints_dir: Union[str, Path], name: str, epoch: str = "l
     path = generator_file(train_opt, exp, str(epoch))
     try:
         cs = open_set(exp, str(epoch))
-    except CheckpointError:
+    except NoSuchSetError:  # any other problem (an unreadable manifest, ...) is reported as it is
         cs = None
     if cs is None or not cs.has(path.name):
         have = sorted(p.name for p in exp.glob("*_net_G*.pth"))

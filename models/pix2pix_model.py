@@ -2,12 +2,16 @@
 
 Generator objective: ``L_G = L_cGAN(G, D) + lambda_L1 * ||B - G(A)||_1``; discriminator objective:
 ``L_D = (L_GAN(D(A, B), real) + L_GAN(D(A, G(A)), fake)) / 2``. Losses logged: G_GAN, G_L1, D_real, D_fake.
+
+Misalignment options shared by the pix2pix family (``models/misalignment.py``): ``--reg_correction`` (RegGAN: the L1
+term becomes ``lambda_corr * ||B - warp(G(A), netR(G(A), B))||_1`` plus a smoothness penalty) and ``--lambda_dab``
+(DAB-aware block loss).
 """
 from __future__ import annotations
 
 import torch
 
-from models import register
+from models import misalignment, register
 from models.base_model import BaseModel
 from models.losses import GANLoss, gradient_penalty
 from models.networks import define_D, define_G
@@ -18,18 +22,24 @@ class Pix2PixModel(BaseModel):
     """Paired image-to-image translation. Inputs: ``A`` ``(N, input_nc, H, W)`` and ``B`` ``(N, output_nc, H, W)``
     in [-1, 1]; ``--direction BtoA`` is applied by the dataset (it delivers the IHC image as ``A``)."""
 
-    @staticmethod
     def _accepts_set_of(self, model_name: str) -> bool:
         # pix2pix and pyramid pix2pix have the same networks: a run of one may be tested or continued as the other
         return model_name in ("pix2pix", "pyramidpix2pix")
 
+    @staticmethod
     def modify_commandline_options(parser, is_train: bool = True):
         """pix2pix defaults: U-Net 256 generator, batch norm, aligned data, vanilla GAN, no image pool, lambda_L1 100."""
         parser.set_defaults(norm="batch", netG="unet_256", dataset_mode="aligned")
         if is_train:
             parser.set_defaults(pool_size=0, gan_mode="vanilla")
             parser.add_argument("--lambda_L1", type=float, default=100.0, help="weight of the L1 loss")
+        misalignment.add_options(parser, is_train)
         return parser
+
+    @staticmethod
+    def check_options(opt) -> None:
+        """Validate the misalignment options (``models/misalignment.py``; raises :class:`util.errors.OptionError`)."""
+        misalignment.check_options(opt)
 
     def __init__(self, opt):
         super().__init__(opt)
@@ -46,6 +56,8 @@ class Pix2PixModel(BaseModel):
             self.optimizer_G = torch.optim.Adam(self.netG.parameters(), lr=opt.lr, betas=(opt.beta1, 0.999))
             self.optimizer_D = torch.optim.Adam(self.netD.parameters(), lr=opt.lr, betas=(opt.beta1, 0.999))
             self.optimizers = [self.optimizer_G, self.optimizer_D]
+            self.supervision = misalignment.RealIHCSupervision(self, opt)  # netR / optimizer_R with --reg_correction
+            self.loss_names += self.supervision.loss_names()
 
     def forward(self) -> None:
         """``fake_B = G(real_A)``; at test time padded to the generator's stride and cropped back."""
@@ -74,10 +86,24 @@ class Pix2PixModel(BaseModel):
         return self.loss_G_GAN
 
     def compute_G_loss(self) -> torch.Tensor:
-        """``GAN + lambda_L1 * L1(G(A), B)``."""
-        self.loss_G_L1 = self.criterionL1(self.fake_B, self.real_B) * self.opt.lambda_L1
+        """``GAN + lambda_L1 * L1(G(A), B)``; with ``--reg_correction`` ``GAN + lambda_corr * L1(warp(G(A)), B) +
+        lambda_smooth * L_smooth``, with ``--lambda_dab`` ``+ lambda_dab * L_DAB`` (``models/misalignment.py``)."""
+        pred = self.supervision.prediction()
+        self.loss_G_L1 = self.criterionL1(pred, self.real_B) * self.supervision.l1_weight(self.opt.lambda_L1)
         self.loss_G = self.gan_loss_G() + self.loss_G_L1
+        extra = self.supervision.extra_terms(pred)
+        if extra is not None:
+            self.loss_G = self.loss_G + extra
         return self.loss_G
+
+    def extra_G_optimizers(self) -> list:
+        """netR's optimizer with ``--reg_correction`` (stepped in the generator step)."""
+        return self.supervision.extra_G_optimizers() if self.isTrain else []
+
+    def compute_visuals(self) -> None:
+        """The registration field as the ``flow_R`` visual with ``--reg_correction``."""
+        if self.isTrain:
+            self.supervision.compute_visuals()
 
     # ---- the only place that steps ----------------------------------------------------------------------------
     def optimize_parameters(self) -> None:

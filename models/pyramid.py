@@ -47,6 +47,12 @@ __all__ = [
     "min_image_size",
     "check_image_size",
     "PyramidL1Loss",
+    "BINOMIAL_TAPS_5",
+    "ASP_GP_WEIGHTS",
+    "separable_blur",
+    "gaussian_pyramid",
+    "gaussian_pyramid_min_size",
+    "gaussian_pyramid_l1",
 ]
 
 #: Valid ``--pattern`` tokens; token ``Lk`` selects pyramid level ``k``.
@@ -364,3 +370,120 @@ class PyramidL1Loss(nn.Module):
 
     def extra_repr(self) -> str:
         return f"levels={self.levels}, weights={self.weights}"
+
+
+# ------------------------------------------------------------------------------ ASP's Gaussian pyramid ("gp") loss
+#: 1-D taps of the 5x5 binomial kernel ``[1, 4, 6, 4, 1] / 16`` (the 2-D kernel is their outer product, sum 1/256 *
+#: 256 = 1), the Burt-Adelson pyramid kernel used by ASP's Gaussian-pyramid loss.
+BINOMIAL_TAPS_5: Tuple[float, ...] = (1 / 16, 4 / 16, 6 / 16, 4 / 16, 1 / 16)
+#: ASP's per-level weights of the Gaussian-pyramid L1 loss, finest level first (the authors' MIST recipe
+#: ``--gp_weights [0.015625,0.03125,0.0625,0.125,0.25,1.0]``): six levels.
+ASP_GP_WEIGHTS: Tuple[float, ...] = (0.015625, 0.03125, 0.0625, 0.125, 0.25, 1.0)
+
+
+def separable_blur(x: Tensor, taps: Sequence[float]) -> Tensor:
+    """Correlate every channel of ``x`` ``(N, C, H, W)`` with the separable kernel ``outer(taps, taps)``, reflect
+    border (edge not repeated), same size out. ``taps`` has odd length ``k``; every side of ``x`` must exceed
+    ``k // 2``. Same CPU / accelerator paths as :func:`gaussian_blur`.
+
+    Raises:
+        TypeError / ValueError: ``x`` not a 4-D floating tensor, even or empty ``taps``, image too small.
+    """
+    _check_image_tensor(x)
+    taps = tuple(float(t) for t in taps)
+    if not taps or len(taps) % 2 == 0:
+        raise ValueError(f"separable_blur: taps must have odd length, got {len(taps)}")
+    pad = len(taps) // 2
+    if pad == 0:
+        return x * taps[0]
+    h, w = x.shape[-2:]
+    if h <= pad or w <= pad:
+        raise ValueError(f"separable_blur: image of {h}x{w} px is too small for a reflect border of {pad} px; every "
+                         f"side must be at least {pad + 1} px")
+    if x.device.type == "cpu":
+        return _blur_shift_add(x, taps, pad)
+    n, c = x.shape[:2]
+    g = torch.tensor(taps, dtype=torch.float64)
+    weight = torch.outer(g, g).view(1, 1, len(taps), len(taps)).to(device=x.device, dtype=x.dtype)
+    y = F.pad(x.reshape(n * c, 1, h, w), (pad, pad, pad, pad), mode="reflect")
+    return F.conv2d(y, weight).reshape(n, c, h, w)
+
+
+def gaussian_pyramid_min_size(num_levels: int, kernel_size: int = len(BINOMIAL_TAPS_5)) -> int:
+    """Smallest image side for :func:`gaussian_pyramid`: the last blurred layer (side ``ceil(n / 2^(L-2))``) must be
+    larger than the reflect border ``k // 2``, so ``n >= (k // 2) * 2^(L-2) + 1`` (33 px for ASP's 6 levels and
+    5x5 kernel)."""
+    if num_levels < 2:
+        return kernel_size // 2 + 1
+    return (kernel_size // 2) * 2 ** (num_levels - 2) + 1
+
+
+def gaussian_pyramid(x: Tensor, num_levels: int = len(ASP_GP_WEIGHTS),
+                     taps: Sequence[float] = BINOMIAL_TAPS_5) -> List[Tensor]:
+    """The Gaussian pyramid of ASP's "gp" loss, finest level first.
+
+    ``num_levels - 1`` times: ``filtered = blur(current)`` (:func:`separable_blur`, 5x5 binomial by default); keep
+    ``filtered``; ``current = filtered[:, :, ::2, ::2]``. The last level is the final ``current`` (decimated, not
+    blurred again). So level 1 is the *blurred* full-resolution image and level ``l`` has side
+    ``ceil(H / 2^(l-1))``.
+
+    Args:
+        x: ``(N, C, H, W)`` floating tensor (images in [-1, 1]).
+        num_levels: >= 1 (ASP: 6).
+        taps: odd-length 1-D kernel taps (ASP: :data:`BINOMIAL_TAPS_5`).
+
+    Raises:
+        ValueError: ``num_levels`` < 1, or ``x`` smaller than :func:`gaussian_pyramid_min_size` on a side.
+    """
+    _check_image_tensor(x)
+    if isinstance(num_levels, bool) or not isinstance(num_levels, int) or num_levels < 1:
+        raise ValueError(f"num_levels must be an int >= 1, got {num_levels!r}")
+    if num_levels == 1:
+        return [x]
+    need = gaussian_pyramid_min_size(num_levels, len(taps))
+    if min(x.shape[-2:]) < need:
+        raise ValueError(f"gaussian_pyramid: input of {x.shape[-2]}x{x.shape[-1]} px is too small for {num_levels} "
+                         f"levels with a {len(taps)}-tap kernel; at least {need}x{need} px are needed")
+    levels = []
+    cur = x
+    for _ in range(num_levels - 1):
+        filtered = separable_blur(cur, taps)
+        levels.append(filtered)
+        cur = filtered[:, :, ::2, ::2]
+    levels.append(cur)
+    return levels
+
+
+def gaussian_pyramid_l1(fake: Tensor, real: Tensor, weights: Sequence[float] = ASP_GP_WEIGHTS,
+                        taps: Sequence[float] = BINOMIAL_TAPS_5) -> Tensor:
+    """ASP's Gaussian-pyramid reconstruction loss (its ``lambda_gp`` term; "gp" = Gaussian pyramid):
+    ``(1 / L) * sum_l w_l * mean|G_l(fake) - G_l(real)|`` over the ``L = len(weights)`` levels of
+    :func:`gaussian_pyramid` (weighted L1s *averaged* over the levels, as the authors' release does).
+
+    Args:
+        fake: ``(N, C, H, W)`` generated image in [-1, 1]; gradients flow to it.
+        real: target of the same shape (a constant: its pyramid is built without gradient).
+        weights: one weight per level, finest first (ASP: :data:`ASP_GP_WEIGHTS`, 1/64 ... 1/4, 1).
+        taps: the 1-D blur kernel.
+
+    Returns:
+        0-dim tensor (multiply by ``--lambda_gp``).
+
+    Raises:
+        ValueError: empty weights, shapes that differ, images too small for ``len(weights)`` levels.
+    """
+    weights = [float(w) for w in weights]
+    if not weights:
+        raise ValueError("gaussian_pyramid_l1: weights is empty (one weight per pyramid level)")
+    _check_image_tensor(fake, "fake")
+    _check_image_tensor(real, "real")
+    if fake.shape != real.shape:
+        raise ValueError(f"gaussian_pyramid_l1: fake {tuple(fake.shape)} and real {tuple(real.shape)} differ in shape")
+    fake_pyr = gaussian_pyramid(fake, len(weights), taps)
+    with torch.no_grad():
+        real_pyr = gaussian_pyramid(real.detach().to(dtype=fake.dtype, device=fake.device), len(weights), taps)
+    total = None
+    for w, f, r in zip(weights, fake_pyr, real_pyr):
+        term = torch.mean(torch.abs(f - r)) * w
+        total = term if total is None else total + term
+    return total / len(weights)

@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import torch
 
-from models import register
+from models import misalignment, register
 from models.pix2pix_model import Pix2PixModel
 from models.pyramid import check_image_size, parse_pattern, pyramid_l1
 
 
 @register("pyramidpix2pix")
 class PyramidPix2PixModel(Pix2PixModel):
-    """pix2pix + pyramid octave L1 losses. Losses logged: G_GAN, G_L1..G_L4 (those in ``--pattern``), D_real, D_fake."""
+    """pix2pix + pyramid octave L1 losses. Losses logged: G_GAN, G_L1..G_L4 (those in ``--pattern``), D_real, D_fake
+    (+ G_DAB, G_smooth, R_mean_px, R_max_px with ``--lambda_dab`` / ``--reg_correction``)."""
 
     @staticmethod
     def modify_commandline_options(parser, is_train: bool = True):
@@ -42,6 +43,7 @@ class PyramidPix2PixModel(Pix2PixModel):
         octave (raises :class:`util.errors.OptionError`)."""
         if not opt.isTrain:
             return
+        misalignment.check_options(opt)
         levels = parse_pattern(opt.pattern)
         if "crop" in opt.preprocess:
             check_image_size(opt.crop_size, opt.crop_size, max(levels))
@@ -51,7 +53,10 @@ class PyramidPix2PixModel(Pix2PixModel):
         if self.isTrain:
             self.levels = parse_pattern(opt.pattern)
             self.level_weights = [opt.lambda_L1 if k == 1 else getattr(opt, f"weight_L{k}") for k in self.levels]
-            self.loss_names = ["G_GAN"] + [f"G_L{k}" for k in self.levels] + ["D_real", "D_fake"]
+            self.loss_names = (["G_GAN"] + [f"G_L{k}" for k in self.levels] + ["D_real", "D_fake"]
+                               + self.supervision.loss_names())
+            if self.supervision.reg and 1 in self.levels:  # RegGAN's correction weight replaces lambda_L1
+                self.level_weights[self.levels.index(1)] = self.supervision.l1_weight(opt.lambda_L1)
 
     def validate_input_size(self, height: int, width: int) -> None:
         """Raise before training when the images are too small for the deepest requested octave."""
@@ -60,17 +65,21 @@ class PyramidPix2PixModel(Pix2PixModel):
     def compute_G_loss(self) -> torch.Tensor:
         """``GAN + sum_k w_k * S_k`` over the pattern's levels (eq. 5); each logged term is weighted.
 
-        Under ``--amp`` the pyramid is built in float32 with autocast off (a loss, as the PyTorch AMP recipe keeps
-        reductions in float32)."""
+        With ``--reg_correction`` every octave compares the *warped* virtual IHC with the real one, ``w_1`` is
+        ``--lambda_corr`` and the smoothness penalty is added; ``--lambda_dab`` adds the DAB loss
+        (``models/misalignment.py``). Under ``--amp`` the pyramid is built in float32 with autocast off (a loss, as
+        the PyTorch AMP recipe keeps reductions in float32)."""
+        pred = self.supervision.prediction()
         if self.amp.enabled:
             with torch.autocast(device_type=self.device.type, enabled=False):
-                _, per_level = pyramid_l1(self.fake_B.float(), self.real_B.float(), self.levels)
+                _, per_level = pyramid_l1(pred.float(), self.real_B.float(), self.levels)
         else:
-            _, per_level = pyramid_l1(self.fake_B, self.real_B, self.levels)
+            _, per_level = pyramid_l1(pred, self.real_B, self.levels)
         total = self.gan_loss_G()
         for k, w, s in zip(self.levels, self.level_weights, per_level):
             term = s * w
             setattr(self, f"loss_G_L{k}", term)
             total = total + term
-        self.loss_G = total
+        extra = self.supervision.extra_terms(pred)
+        self.loss_G = total if extra is None else total + extra
         return self.loss_G

@@ -21,7 +21,11 @@ reports the median of the R medians, so a noisy shared machine affects every con
 
 Models: ``pix2pix`` (U-Net 256, batch 1), ``pyramidpix2pix`` (pattern L1_L2_L3_L4, resnet_9blocks, batch 2, the
 BCI recipe), ``pyramidpix2pix_L1`` (the same networks and batch with the L1 term only = pix2pix on the pyramid's
-networks; their ratio is the pyramid's cost), ``cycle_gan``, ``pix2pixhd`` (without the VGG loss: no weights offline),
+networks; their ratio is the pyramid's cost), ``pyramidpix2pix_reg`` / ``pyramidpix2pix_dab`` (the BCI recipe with
+``--reg_correction`` / ``--lambda_dab 1``: their ratio to ``pyramidpix2pix`` is the cost of those options),
+``cycle_gan``, ``pix2pixhd`` (without the VGG loss: no weights offline),
+``cut`` / ``fastcut`` / ``asp`` (their recipes' networks) and ``pix2pix_resnet6`` (pix2pix with ASP's generator:
+resnet_6blocks, instance norm, no dropout; the reference for ASP's step),
 ``classic`` (the speed reference: :func:`classic_step`, the pyramid pix2pix step written as the authors' release
 writes it, with stock ``nn.Dropout`` and none of this project's fast paths; its column "vs classic step" is the
 issue-8 comparison); models whose module is missing are listed as unavailable. ``--profile N`` logs the top N
@@ -52,10 +56,19 @@ MODELS = {
     "pix2pix": ["--model", "pix2pix"],
     "pyramidpix2pix": ["--model", "pyramidpix2pix", "--pattern", "L1_L2_L3_L4"],
     "pyramidpix2pix_L1": ["--model", "pyramidpix2pix", "--pattern", "L1"],
+    # issue 16: RegGAN registration correction / DAB loss on the BCI recipe (ratio to pyramidpix2pix = their cost)
+    "pyramidpix2pix_reg": ["--model", "pyramidpix2pix", "--pattern", "L1_L2_L3_L4", "--reg_correction"],
+    "pyramidpix2pix_dab": ["--model", "pyramidpix2pix", "--pattern", "L1_L2_L3_L4", "--lambda_dab", "1"],
     "cycle_gan": ["--model", "cycle_gan"],
     "pix2pixhd": ["--model", "pix2pixhd", "--no_vgg_loss"],
     # the reference: the classic step of the authors' release, see classic_step()
     "classic": ["--model", "pyramidpix2pix", "--pattern", "L1_L2_L3_L4"],
+    # contrastive models with their recipes' networks, and pix2pix with ASP's generator (resnet_6blocks, instance
+    # norm, no dropout; pix2pix's own conditional 70x70 D) as their reference step
+    "pix2pix_resnet6": ["--model", "pix2pix", "--netG", "resnet_6blocks", "--norm", "instance", "--no_dropout"],
+    "cut": ["--model", "cut", "--CUT_mode", "CUT"],
+    "fastcut": ["--model", "cut", "--CUT_mode", "FastCUT"],
+    "asp": ["--model", "asp"],
 }
 OPTION_FLAGS = {"eager": [], "fp32": [], "channels_last": ["--channels_last"], "compile": ["--compile"],
                 "winograd": ["--winograd"],
@@ -153,8 +166,9 @@ def run_worker(args) -> dict:
         torch.set_num_threads(args.threads)
     argv = [*MODELS[args.model_key], *option_flags(args.option), "--dataroot", str(REPO / "nonexistent"),
             "--checkpoints_dir", str(Path(args.tmp) / "ck"), "--name", "bench", "--display_id", "0",
-            "--gpu_ids", "0" if args.device == "cuda" else "-1", "--seed", "0", "--ngf", str(args.ngf),
-            "--ndf", str(args.ndf)]
+            "--gpu_ids", "0" if args.device == "cuda" else "-1", "--seed", "0", "--ngf", str(args.ngf)]
+    if args.ndf is not None:  # default: the model's own (64; ASP's recipe 32)
+        argv += ["--ndf", str(args.ndf)]
     if args.batch_size:
         argv += ["--batch_size", str(args.batch_size)]
     opt = options.parse_train(argv)
@@ -162,6 +176,13 @@ def run_worker(args) -> dict:
     try:
         options.seed_everything(opt.seed)
         model = models.create_model(opt)
+        b, s = opt.batch_size, args.size
+        gen = torch.Generator().manual_seed(info.rank)
+        batch = {"A": torch.rand(b, opt.input_nc, s, s, generator=gen) * 2 - 1,
+                 "B": torch.rand(b, opt.output_nc, s, s, generator=gen) * 2 - 1,
+                 "A_paths": [f"a{i}.png" for i in range(b)], "B_paths": [f"b{i}.png" for i in range(b)],
+                 "her2": ["0"] * b}
+        model.data_dependent_initialize(batch)  # lazily built networks (CUT's netF), as train.py does
         model.setup(opt)
         classic = args.model_key == "classic"
         if classic and args.option not in ("eager", "fp32"):
@@ -170,12 +191,6 @@ def run_worker(args) -> dict:
             model.prepare_networks(opt)
         model.train()
         device = opt.device
-        b, s = opt.batch_size, args.size
-        gen = torch.Generator().manual_seed(info.rank)
-        batch = {"A": torch.rand(b, opt.input_nc, s, s, generator=gen) * 2 - 1,
-                 "B": torch.rand(b, opt.output_nc, s, s, generator=gen) * 2 - 1,
-                 "A_paths": [f"a{i}.png" for i in range(b)], "B_paths": [f"b{i}.png" for i in range(b)],
-                 "her2": ["0"] * b}
 
         def sync():
             if device.type == "cuda":
@@ -318,10 +333,12 @@ def run_reference(args, size: int) -> dict:
 def _worker_cmd(args, model_key: str, size: int, option: str) -> List[str]:
     base = [str(Path(__file__).resolve()), "--worker", "--model_key", model_key, "--size", str(size),
             "--option", option, "--steps", str(args.steps), "--warmup", str(args.warmup), "--device", args.device,
-            "--ngf", str(args.ngf), "--ndf", str(args.ndf), "--tmp", args.tmp, "--threads", str(args.threads),
+            "--ngf", str(args.ngf), "--tmp", args.tmp, "--threads", str(args.threads),
             "--profile", str(args.profile)]
     if args.batch_size:
         base += ["--batch_size", str(args.batch_size)]
+    if args.ndf is not None:
+        base += ["--ndf", str(args.ndf)]
     if args.nproc > 1:
         return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
                 *base]
@@ -584,7 +601,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nproc", type=int, default=1, help="processes per configuration (torchrun DDP when > 1)")
     p.add_argument("--batch_size", type=int, default=0, help="per process; 0 = each model's default")
     p.add_argument("--ngf", type=int, default=64)
-    p.add_argument("--ndf", type=int, default=64)
+    p.add_argument("--ndf", type=int, default=None, help="default: each model's own (64; ASP's recipe: 32)")
     p.add_argument("--threads", type=int, default=0, help="torch.set_num_threads in each run (0 = PyTorch default)")
     p.add_argument("--timeout", type=int, default=1800, help="seconds allowed per run")
     p.add_argument("--out", type=Path, default=None, help="write the markdown table here (atomic)")
@@ -673,9 +690,10 @@ def _main(argv: Sequence[str]) -> int:
 
     import torch
 
+    ndf = args.ndf if args.ndf is not None else "model default (64; ASP 32)"
     header = (f"Training step benchmark (`scripts/bench_train.py`, {args.device}, {args.nproc} process(es), "
               f"torch {torch.__version__}, {os.cpu_count()} CPUs, {platform.processor() or platform.machine()}; "
-              f"ngf/ndf {args.ngf}/{args.ndf}; {args.warmup} warmup + {args.steps} timed steps, "
+              f"ngf/ndf {args.ngf}/{ndf}; {args.warmup} warmup + {args.steps} timed steps, "
               f"{args.repeats} interleaved repeat(s), medians; {time.strftime('%Y-%m-%d')}, {time.time() - t0:.0f} s)")
     table = to_markdown(summarize(runs), header)
     sys.stdout.write(table)

@@ -1,6 +1,6 @@
 """Reproduce Table 1 of the BCI paper (Liu et al., CVPR Workshops 2022) with one command: train, test and evaluate
-cycleGAN, pix2pix (U-Net 256), pix2pix (ResNet 9 blocks), pix2pixHD and pyramid pix2pix on one dataset and write the
-table as markdown and CSV.
+cycleGAN, pix2pix (U-Net 256), pix2pix (ResNet 9 blocks), pix2pixHD and pyramid pix2pix on one dataset, plus the
+contrastive methods CUT, FastCUT and ASP (not in the paper's table), and write the table as markdown and CSV.
 
     python scripts/table1.py --dataroot ./datasets/BCI --out_dir ./table1 --gpu_ids 0
     python scripts/table1.py --smoke --out_dir /tmp/table1_smoke          # every row end to end, tiny, CPU, minutes
@@ -68,6 +68,14 @@ METHODS: Dict[str, Method] = {m.key: m for m in (
            ("--model", "pix2pixhd", "--no_vgg_loss"), paper=(19.634, 0.471)),
     Method("pyramidpix2pix", "pyramid pix2pix", ("--model", "pyramidpix2pix", "--pattern", "L1_L2_L3_L4"),
            ("--model", "pyramidpix2pix", "--pattern", "L1_L2_L3_L4"), paper=(21.16, 0.477)),
+    # contrastive methods (not in the BCI paper): the CUT paper's CUT / FastCUT recipes on 512 px crops like the
+    # cycleGAN row, and the ASP authors' recipe (its own defaults: 512 px crops of 1024 px images)
+    Method("cut", "CUT", ("--model", "cut", "--CUT_mode", "CUT", "--preprocess", "crop", "--crop_size", "512"),
+           ("--model", "cut", "--CUT_mode", "CUT")),
+    Method("fastcut", "FastCUT", ("--model", "cut", "--CUT_mode", "FastCUT", "--preprocess", "crop", "--crop_size",
+                                  "512"), ("--model", "cut", "--CUT_mode", "FastCUT")),
+    # smoke: 64 px crops are too small for ASP's 5-layer discriminator (>= 96 px), 3 layers there
+    Method("asp", "ASP", ("--model", "asp"), ("--model", "asp", "--n_layers_D", "3")),
 )}
 
 #: columns of the table taken from each run's metrics.json (key, header, format)

@@ -473,3 +473,101 @@ def test_names_are_escaped_in_reports(sample_bci, tmp_path):
     for text in (md, table, html):
         assert "<img src=x" not in text
     assert "exp\\|&lt;img" in md and "exp\\|&lt;img" in table
+
+
+# ---- found by an adversarial review ---------------------------------------------------------------------------------
+def test_keep_last_keeps_the_newest_sets_of_a_resumed_run(sample_bci, tmp_path, capsys):
+    """Resuming from an earlier epoch with --keep_last deletes the stale sets of the abandoned run first, never the
+    set just written."""
+    exp = _trained(sample_bci, tmp_path, extra=["--n_epochs", "4", "--save_epoch_freq", "1", "--save_latest_freq",
+                                                "1000"])
+    capsys.readouterr()
+    assert train.main(_args(sample_bci, tmp_path, extra=["--n_epochs", "3", "--n_epochs_decay", "0",
+                                                          "--save_epoch_freq", "1", "--keep_last", "1",
+                                                          "--save_latest_freq", "1000", "--continue_train",
+                                                          "--epoch", "2"])) == 0
+    assert "checkpoint sets 3, 4 are from a later point of an earlier run" in capsys.readouterr().err
+    assert sorted(p.name for p in exp.glob("*_set.json")) == ["3_set.json", "latest_set.json"]
+    assert _assert_set_loads(exp, "3").manifest["epoch"] == 3
+
+
+def test_resume_with_another_batch_size_continues_after_the_same_items(sample_bci, tmp_path, capsys):
+    args = _args(sample_bci, tmp_path, extra=["--save_latest_freq", "2"])
+    r = _run_train(args, fault="before_commit:3")  # sets at 2 and 4 images of epoch 1 are complete
+    assert r.returncode == -signal.SIGKILL
+    cs = _assert_set_loads(tmp_path / "run")
+    assert (cs.manifest["epoch"], cs.manifest["epoch_items"]) == (1, 4)
+    resume = _run_train(args + ["--continue_train", "--batch_size", "2"])
+    assert resume.returncode == 0, resume.stderr[-2000:]
+    assert "continuing at epoch 1, batch 3" in resume.stderr and "will not be bit-identical" in resume.stderr
+    state = torch.load(tmp_path / "run" / "latest_state.pth", weights_only=True)
+    assert state["total_iters"] == 4 + 2 + 6  # the 2 items left of epoch 1, then all 6 of epoch 2
+
+
+def test_kill_between_the_epoch_set_and_latest_loses_no_epoch_set(sample_bci, tmp_path, straight):
+    args = _args(sample_bci, tmp_path, extra=["--save_epoch_freq", "1"])
+    # sets: mid-epoch-1 latest (files 1-3), '1' (4-6), latest (7-9): killed while writing the epoch-1 'latest'
+    r = _run_train(args, fault="save_file:8")
+    assert r.returncode == -signal.SIGKILL
+    exp = tmp_path / "run"
+    assert _assert_set_loads(exp, "1").manifest["epoch"] == 1
+    resume = _run_train(args + ["--continue_train"])
+    assert resume.returncode == 0, resume.stderr[-2000:]
+    _assert_set_loads(exp, "1")
+    _assert_same_weights(exp / "2_net_G.pth", straight / "2_net_G.pth")
+
+
+def test_hand_edited_manifest_is_one_error_line(sample_bci, tmp_path, capsys):
+    _trained(sample_bci, tmp_path)
+    assert test_script.main(_test_args(sample_bci, tmp_path)) == 0
+    man_path = tmp_path / "res" / "run" / "test_latest" / "run_manifest.json"
+    man = json.loads(man_path.read_text())
+    for broken in ({**man, "flagged": [1, 2]}, {**man, "images": ["a", "b"]}):
+        man_path.write_text(json.dumps(broken))
+        capsys.readouterr()
+        assert evaluate.main(["--result_path", str(tmp_path / "res" / "run"), "--no_fid", "--no_progress"]) == 2
+        err = capsys.readouterr().err
+        assert "evaluate.py: error: " in err and "not a valid run manifest" in err and "Traceback" not in err
+
+
+def test_metrics_files_are_written_as_a_group(sample_bci, tmp_path):
+    _trained(sample_bci, tmp_path)
+    assert test_script.main(_test_args(sample_bci, tmp_path)) == 0
+    run_dir = tmp_path / "res" / "run" / "test_latest"
+    ev = [sys.executable, str(ROOT / "evaluate.py"), "--result_path", str(tmp_path / "res" / "run"), "--no_fid",
+          "--no_progress", "--no_report"]
+    assert subprocess.run(ev, cwd=ROOT, capture_output=True).returncode == 0
+    before = {n: (run_dir / n).read_bytes() for n in ("metrics.csv", "metrics.md", "metrics.json")}
+    limit = min(len(b) for b in before.values()) + 1  # the smallest file fits, the others do not
+
+    def small_files():
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    r = subprocess.run(ev + ["--dab_threshold", "0.05"], cwd=ROOT, capture_output=True, text=True,
+                       preexec_fn=small_files)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("evaluate.py: error: cannot write ")
+    assert {n: (run_dir / n).read_bytes() for n in before} == before
+    assert not [p for p in run_dir.iterdir() if ".partial" in p.name]
+
+
+def test_ctrl_c_while_importing_is_one_line(tmp_path):
+    for script in ("test.py", "evaluate.py"):
+        p = subprocess.Popen([sys.executable, str(ROOT / script), "--help"], cwd=ROOT, stderr=subprocess.PIPE,
+                             stdout=subprocess.DEVNULL, text=True)
+        time.sleep(0.4)  # inside the imports (torch and friends take longer than this)
+        p.send_signal(signal.SIGINT)
+        _, err = p.communicate(timeout=60)
+        if p.returncode == 0:  # the machine was fast enough to finish first: nothing to check
+            continue
+        assert p.returncode == 130 and err.strip() == f"{script}: interrupted", err
+
+
+def test_overwrite_replaces_a_file_in_the_way(sample_bci, tmp_path):
+    _trained(sample_bci, tmp_path)
+    run_dir = tmp_path / "res" / "run" / "test_latest"
+    run_dir.parent.mkdir(parents=True)
+    run_dir.write_text("not a folder")
+    assert test_script.main(_test_args(sample_bci, tmp_path, "--overwrite")) == 0
+    assert run_dir.is_dir() and sorted(p.name for p in run_dir.parent.iterdir()) == ["test_latest"]

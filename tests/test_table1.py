@@ -27,7 +27,8 @@ def _args(*argv):
 
 
 def test_methods_and_row_commands(tmp_path):
-    assert list(table1.METHODS) == ["cyclegan", "pix2pix_unet", "pix2pix_resnet", "pix2pixhd", "pyramidpix2pix"]
+    assert list(table1.METHODS) == ["cyclegan", "pix2pix_unet", "pix2pix_resnet", "pix2pixhd", "pyramidpix2pix",
+                                    "cut", "fastcut", "asp"]
     with pytest.raises(OptionError, match="nope"):
         table1.select_methods("cyclegan,nope")
     args = _args("--dataroot", "d")
@@ -42,7 +43,8 @@ def test_methods_and_row_commands(tmp_path):
     assert "--netG unet_256" in " ".join(unet)
     # the published figures, as printed in the BCI paper's Table 1 (Liu et al., CVPR-W 2022, arXiv:2204.11425)
     published = {"cyclegan": (16.203, 0.373), "pix2pix_unet": (18.654, 0.419), "pix2pix_resnet": (19.328, 0.44),
-                 "pix2pixhd": (19.634, 0.471), "pyramidpix2pix": (21.16, 0.477)}
+                 "pix2pixhd": (19.634, 0.471), "pyramidpix2pix": (21.16, 0.477), "cut": None, "fastcut": None,
+                 "asp": None}
     assert {k: m.paper for k, m in table1.METHODS.items()} == published
     assert "arXiv:2204.11425" in table1.PAPER_SOURCE and "Table 1" in table1.PAPER_SOURCE
 

@@ -145,6 +145,10 @@ def load_network(net: nn.Module, path: PathLike, map_location: Any = "cpu") -> n
 # Readers never modify the folder; only a training run (holding ``.train.lock``) cleans up.
 
 SET_FORMAT = 1
+
+
+class NoSuchSetError(CheckpointError):
+    """The experiment folder has no checkpoint set of the requested label."""
 _STAGE_PREFIX = ".ckptset-"
 FAULT_ENV = "VIRTUAL_IHC_FAULT"
 
@@ -203,7 +207,8 @@ def manifest_name(label) -> str:
     return f"{label}_set.json"
 
 
-def write_set(save_dir: PathLike, label, objects: Mapping[str, Any], meta: Mapping[str, Any]) -> dict:
+def write_set(save_dir: PathLike, label, objects: Mapping[str, Any], meta: Mapping[str, Any],
+              on_commit=None) -> dict:
     """Write the checkpoint set ``label`` atomically (see the protocol above) and return its manifest.
 
     Args:
@@ -211,6 +216,7 @@ def write_set(save_dir: PathLike, label, objects: Mapping[str, Any], meta: Mappi
         label: ``latest``, an epoch number or ``iter_<n>``.
         objects: file name (e.g. ``latest_net_G.pth``) -> object for ``torch.save`` (tensors, plain containers only).
         meta: JSON-serialisable facts stored in the manifest (epoch, iteration, model, options, ...).
+        on_commit: called with the manifest right after the commit rename (the set is then the one readers see).
 
     Raises:
         CheckpointError: a file cannot be written (full disk, read-only folder, ...): the message names it; the
@@ -258,10 +264,12 @@ def write_set(save_dir: PathLike, label, objects: Mapping[str, Any], meta: Mappi
         _fault_point("before_commit")
         commit = save_dir / f"{_STAGE_PREFIX}{set_id}.commit"
         os.rename(stage, commit)  # the commit point
-        _fsync_dir(save_dir)
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+    if on_commit is not None:
+        on_commit(manifest)
+    _fsync_dir(save_dir)
     _apply_commit(commit, manifest)
     return manifest
 
@@ -447,8 +455,8 @@ def open_set(save_dir: PathLike, label, warn_legacy: bool = True) -> CheckpointS
     if not files:
         labels = sorted({p.name[: -len("_set.json")] for p in save_dir.glob("*_set.json")} |
                         {p.name.split("_net_")[0] for p in save_dir.glob("*_net_*.pth")})
-        raise CheckpointError(f"no checkpoint set '{label}' in '{save_dir}' (--epoch {label}); available: "
-                              f"{', '.join(labels) or 'none'}")
+        raise NoSuchSetError(f"no checkpoint set '{label}' in '{save_dir}' (--epoch {label}); available: "
+                             f"{', '.join(labels) or 'none'}")
     if warn_legacy:
         log.warning("checkpoint set '%s' in %s has no manifest (%s): written before checkpoint sets or by another "
                     "tool, so its consistency cannot be checked", label, save_dir, manifest_name(label))

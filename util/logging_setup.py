@@ -56,6 +56,33 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
+_EARLY = {"prog": None}
+
+
+def exit_on_early_interrupt(prog: str) -> None:
+    """For ``if __name__ == "__main__"`` at the top of an entry script, before its heavy imports (torch takes seconds
+    to import): Ctrl-C during those imports prints ``<prog>: interrupted`` and exits 130 instead of a traceback.
+    :func:`run_cli` restores Python's own handler (``KeyboardInterrupt``) when the program body starts."""
+    import os
+    import signal
+
+    def handler(signum, frame):
+        sys.stderr.write(f"{prog}: interrupted\n")
+        sys.stderr.flush()
+        os._exit(130)
+
+    _EARLY["prog"] = prog
+    signal.signal(signal.SIGINT, handler)
+
+
+def _restore_interrupt() -> None:
+    if _EARLY["prog"] is not None:
+        import signal
+
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        _EARLY["prog"] = None
+
+
 def run_cli(main_body, argv, prog: Optional[str] = None, on_interrupt=None) -> int:
     """Run ``main_body(argv)`` and return its exit status (None counts as 0): the project's error contract.
 
@@ -69,6 +96,7 @@ def run_cli(main_body, argv, prog: Optional[str] = None, on_interrupt=None) -> i
     from util.errors import UserError
 
     head = f"{prog}: " if prog else ""
+    _restore_interrupt()
     try:
         return int(main_body(argv) or 0)
     except KeyboardInterrupt:

@@ -131,8 +131,10 @@ class ResultsStaging:
         if self.run_dir.exists():
             os.rename(self.run_dir, self._old)
         os.rename(self.path, self.run_dir)
-        if self._old.exists():
-            shutil.rmtree(self._old, ignore_errors=True)
+        if self._old.is_dir() and not self._old.is_symlink():
+            shutil.rmtree(self._old)
+        elif self._old.exists() or self._old.is_symlink():
+            self._old.unlink()
         return self.run_dir
 
     def abort(self) -> None:
@@ -163,4 +165,12 @@ def read_manifest(run_dir: Path) -> Optional[dict]:
         raise DataError(f"cannot read the run manifest '{p}': {e}") from e
     if not isinstance(man, dict) or not isinstance(man.get("images"), list):
         raise DataError(f"'{p}' is not a run manifest (no 'images' list)")
+    bad = [i for i, r in enumerate(man["images"])
+           if not isinstance(r, dict) or not isinstance(r.get("stem"), str) or not isinstance(r.get("files"), dict)]
+    if bad:
+        raise DataError(f"'{p}' is not a valid run manifest: image record(s) {bad[:5]} lack 'stem' / 'files' "
+                        "(edited by hand?); rerun test.py")
+    flagged = man.get("flagged", {})
+    if not isinstance(flagged, dict) or not all(isinstance(v, list) for v in flagged.values()):
+        raise DataError(f"'{p}' is not a valid run manifest: 'flagged' must map image stems to lists of flags")
     return man
