@@ -297,8 +297,8 @@ def reference_argv(args, size: int, tmp: Path) -> List[str]:
     resnet_9blocks generator, basic PatchGAN, this run's batch (default 2, the BCI recipe), ngf/ndf, CPU."""
     return ["--dataroot", str(tmp / "nonexistent"), "--name", "bench_reference", "--checkpoints_dir", str(tmp / "ck"),
             "--model", "pix2pix", "--netG", "resnet_9blocks", "--netD", "basic", "--pattern", "L1_L2_L3_L4",
-            "--batch_size", str(args.batch_size or 2), "--ngf", str(args.ngf), "--ndf", str(args.ndf),
-            "--gpu_ids", "-1"]
+            "--batch_size", str(args.batch_size or 2), "--ngf", str(args.ngf),
+            "--ndf", str(64 if args.ndf is None else args.ndf), "--gpu_ids", "-1"]
 
 
 def run_reference(args, size: int) -> dict:
@@ -712,7 +712,8 @@ def _machine_header(args, what: str, t0: float) -> str:
     import torch
 
     return (f"{what} (`scripts/bench_train.py`, {args.device}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
-            f"{platform.processor() or platform.machine()}; ngf/ndf {args.ngf}/{args.ndf}; {args.warmup} warmup + "
+            f"{platform.processor() or platform.machine()}; ngf/ndf {args.ngf}/{64 if args.ndf is None else args.ndf}; "
+            f"{args.warmup} warmup + "
             f"{args.steps} timed steps, {args.repeats} interleaved repeat(s), medians; {time.strftime('%Y-%m-%d')}, "
             f"{time.time() - t0:.0f} s)")
 

@@ -102,7 +102,8 @@ sys.stderr.write("\nPROBE " + json.dumps(seen) + "\n")
 
 
 @pytest.mark.parametrize("entry", ["train.py", "test.py", "evaluate.py", "stain_slide.py", "scripts/ablation.py",
-                                   "scripts/table1.py", "scripts/bench_train.py", "scripts/bench_wsi.py"])
+                                   "scripts/table1.py", "scripts/bench_train.py", "scripts/bench_wsi.py",
+                                   "scripts/misalignment_benchmark.py"])
 def test_entry_points_set_the_wait_policy_before_torch_is_imported(entry):
     r = subprocess.run([sys.executable, "-c", _PROBE, str(REPO / entry)], cwd=REPO, env=_clean_env(),
                        capture_output=True, text=True, timeout=120)

@@ -10,7 +10,7 @@ and the solo step did not get slower (issue 19; ``scripts/bench_train.py --concu
 
 :func:`configure_threads` is called first thing in the ``main()`` of every entry point that trains or infers
 (train.py, test.py, evaluate.py, stain_slide.py, scripts/ablation.py, scripts/table1.py, scripts/bench_train.py,
-scripts/bench_wsi.py). It only sets environment variables the user has not set:
+scripts/bench_wsi.py, scripts/misalignment_benchmark.py). It only sets environment variables the user has not set:
 
 * ``OMP_WAIT_POLICY=PASSIVE``;
 * under torchrun (``LOCAL_WORLD_SIZE`` > 1): ``OMP_NUM_THREADS`` = the cores this process may use
