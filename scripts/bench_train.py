@@ -549,7 +549,8 @@ def to_markdown(rows: List[dict], header: str) -> str:
         nan = "" if r["finite"] else " (non-finite loss!)"
         cpu = f"{r['cpu_s']:.2f}" if r.get("cpu_s") is not None else "-"
         lines.append(f"| {r['model']} | {r['size']} | {r['option']}{nan} | {r['batch']} x {r['world']} | "
-                     f"{r['step_s']:.3f} | {r['steps_per_s']:.3f} | {r['images_per_s']:.2f} | {sp} | {vc} | {vr} | {cpu} | "
+                     f"{r['step_s']:.3f} | {r['steps_per_s']:.3f} | {r['images_per_s']:.2f} | {sp} | {vc} | {vr} | "
+                     f"{cpu} | "
                      f"{r['peak_rss_mib']:.0f} | {gpu} | {r['first_step_s']:.1f} | {r['runs']} "
                      f"({r['spread'][0]:.3f}-{r['spread'][1]:.3f}) |")
     pyr = []
