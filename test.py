@@ -23,7 +23,6 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 log = logging.getLogger("test")
@@ -157,6 +156,8 @@ def _test(argv: Optional[Sequence[str]]) -> int:
     out_dir = Path(opt.results_dir) / opt.name / f"{opt.phase}_{opt.epoch}"
     if not opt.overwrite and describe_existing(out_dir):  # refuse before minutes of inference
         ResultsStaging(out_dir, overwrite=False)
+    from torch.utils.data import DataLoader
+
     loader = DataLoader(dataset, batch_size=opt.batch_size, shuffle=False, num_workers=opt.num_threads,
                         collate_fn=collate_same_size, pin_memory=opt.device.type == "cuda")
     model = models.create_model(opt)
@@ -252,6 +253,9 @@ def _sha256(path) -> str:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point. ``argv`` defaults to ``sys.argv[1:]``; returns the exit status (2 on bad input)."""
+    from util.threads import configure_threads
+
+    configure_threads()  # before anything imports torch: OpenMP wait policy, torchrun threads (util/threads.py)
     from util.logging_setup import run_cli
 
     return run_cli(_test, sys.argv[1:] if argv is None else argv, prog="test.py")

@@ -236,6 +236,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point. ``argv`` defaults to ``sys.argv[1:]``; returns the exit status: 0 done, 2 bad input or a file
     that cannot be read or written (one ``train.py: error: ...`` line), 3 a non-finite loss (no checkpoint of that
     state is written), 130 interrupted (Ctrl-C; the line names the last complete checkpoint set)."""
+    from util.threads import configure_threads
+
+    configure_threads()  # before anything imports torch: OpenMP wait policy, torchrun threads (util/threads.py)
     from util.errors import NonFiniteLossError
     from util.logging_setup import run_cli
 

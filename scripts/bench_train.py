@@ -7,6 +7,9 @@
     python scripts/bench_train.py --device cuda --sizes 1024 --options eager,bf16,bf16+channels_last
     python scripts/bench_train.py --device cuda --nproc 2 ...       # DDP through torchrun, images/s of the job
     python scripts/bench_train.py ... --readme README.md            # table between <!-- bench:start/end -->
+    python scripts/bench_train.py --models classic,pyramidpix2pix --reference ~/BCI   # + the authors' release
+    python scripts/bench_train.py --models pyramidpix2pix --options channels_last+winograd --concurrent 2 \
+        --policies passive,libgomp                                  # two trainings at once vs one alone
 
 Every configuration runs in a fresh subprocess (peak memory of that configuration alone: CPU peak RSS from
 ``resource.getrusage``, GPU ``torch.cuda.max_memory_allocated``) on synthetic inputs in [-1, 1], through the same
@@ -233,6 +236,99 @@ def run_worker(args) -> dict:
         distributed.cleanup()
 
 
+
+# ------------------------------------------------------------------------------------------------ --reference DIR
+REFERENCE_FILES = ("options/train_options.py", "models/__init__.py")
+
+# Run in a subprocess with the release checkout as the only project folder on sys.path (its packages are named like
+# this project's: models, options, data, util). argv[1] is a JSON object of the measurement settings.
+_REFERENCE_WORKER = r"""
+import json, os, resource, statistics, sys, time
+cfg = json.loads(sys.argv[1])
+sys.path.insert(0, cfg["root"])
+os.chdir(cfg["root"])
+import torch
+sys.argv = ["train.py", *cfg["argv"]]
+from options.train_options import TrainOptions
+from models import create_model
+opt = TrainOptions().parse()
+torch.manual_seed(0)
+model = create_model(opt)
+model.setup(opt)
+b, s = opt.batch_size, cfg["size"]
+gen = torch.Generator().manual_seed(0)
+batch = {"A": torch.rand(b, opt.input_nc, s, s, generator=gen) * 2 - 1,
+         "B": torch.rand(b, opt.output_nc, s, s, generator=gen) * 2 - 1,
+         "A_paths": [f"a{i}.png" for i in range(b)], "B_paths": [f"b{i}.png" for i in range(b)]}
+times, cpu = [], []
+first = None
+for i in range(cfg["warmup"] + cfg["steps"]):
+    t0, c0 = time.perf_counter(), time.process_time()
+    model.set_input(batch)
+    model.optimize_parameters()
+    dt = time.perf_counter() - t0
+    first = dt if first is None else first
+    if i >= cfg["warmup"]:
+        times.append(dt)
+        cpu.append(time.process_time() - c0)
+losses = {k: float(v) for k, v in model.get_current_losses().items()} if hasattr(model, "get_current_losses") else {}
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+result = {"model": "reference", "size": s, "option": "eager", "batch": b, "world": 1, "device": "cpu",
+          "times": times, "cpu_times": cpu, "first_step_s": first, "peak_rss_mib": peak, "peak_cuda_mib": None,
+          "finite": all(v == v and abs(v) != float("inf") for v in losses.values()),
+          "threads": torch.get_num_threads(), "rank": 0, "profile": None}
+with open(os.path.join(cfg["result_dir"], "rank0.json"), "w") as f:
+    json.dump(result, f)
+"""
+
+
+def reference_root(folder: Path) -> Optional[Path]:
+    """The folder of the release's training code in a checkout ``folder``: ``folder`` itself or its
+    ``PyramidPix2pix/`` subfolder (the BCI repository's layout), the first one holding :data:`REFERENCE_FILES`
+    (pix2pix-family layout: ``options.train_options.TrainOptions``, ``models.create_model``); None if neither."""
+    for root in (folder, folder / "PyramidPix2pix"):
+        if all((root / f).is_file() for f in REFERENCE_FILES):
+            return root
+    return None
+
+
+def reference_argv(args, size: int, tmp: Path) -> List[str]:
+    """The release's training options of the benchmarked step: pyramid pix2pix (``--pattern L1_L2_L3_L4``),
+    resnet_9blocks generator, basic PatchGAN, this run's batch (default 2, the BCI recipe), ngf/ndf, CPU."""
+    return ["--dataroot", str(tmp / "nonexistent"), "--name", "bench_reference", "--checkpoints_dir", str(tmp / "ck"),
+            "--model", "pix2pix", "--netG", "resnet_9blocks", "--netD", "basic", "--pattern", "L1_L2_L3_L4",
+            "--batch_size", str(args.batch_size or 2), "--ngf", str(args.ngf),
+            "--ndf", str(64 if args.ndf is None else args.ndf), "--gpu_ids", "-1"]
+
+
+def run_reference(args, size: int) -> dict:
+    """Time the release's training step (``model.set_input`` + ``model.optimize_parameters``) in a subprocess on
+    synthetic inputs like the other rows, in the user's environment (none of this project's thread defaults)."""
+    import shutil
+    import tempfile
+
+    root = reference_root(Path(args.reference))
+    Path(args.tmp).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="reference_", dir=args.tmp))
+    cfg = {"root": str(root), "argv": reference_argv(args, size, tmp), "size": size, "warmup": args.warmup,
+           "steps": args.steps, "result_dir": str(tmp)}
+    env = dict(_USER_ENV or os.environ)
+    env.pop("PYTHONPATH", None)
+    try:
+        try:
+            r = subprocess.run([sys.executable, "-c", _REFERENCE_WORKER, json.dumps(cfg)], cwd=root, env=env,
+                               capture_output=True, text=True, timeout=args.timeout)
+        except subprocess.TimeoutExpired:
+            return {"model": "reference", "size": size, "option": "eager", "error": f"timed out after {args.timeout} s"}
+        out = tmp / "rank0.json"
+        if r.returncode != 0 or not out.is_file():
+            tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
+            return {"model": "reference", "size": size, "option": "eager", "error": f"exit {r.returncode}: {tail}"}
+        return json.loads(out.read_text(encoding="utf-8"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 # ------------------------------------------------------------------------------------------------ driver
 def _worker_cmd(args, model_key: str, size: int, option: str) -> List[str]:
     base = [str(Path(__file__).resolve()), "--worker", "--model_key", model_key, "--size", str(size),
@@ -249,33 +345,141 @@ def _worker_cmd(args, model_key: str, size: int, option: str) -> List[str]:
     return [sys.executable, *base]
 
 
-def _run_config(args, model_key: str, size: int, option: str) -> dict:
-    import shutil
+# wait policies of --concurrent: environment changes of the benchmark processes (see util/threads.py)
+POLICIES = {
+    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},  # this project's default (configure_threads)
+    "libgomp": {"VIRTUAL_IHC_THREAD_DEFAULTS": "0", "OMP_WAIT_POLICY": None},  # the OpenMP library's default
+    "active": {"OMP_WAIT_POLICY": "ACTIVE"},  # threads always spin
+}
+_USER_ENV: dict = {}  # the environment before configure_threads(): the release-style rows run in it
+
+
+def _child_env(model_key: str, env_extra: Optional[dict] = None) -> dict:
+    """Environment of a benchmark process: the classic reference runs as the release would (the user's environment,
+    no thread defaults of this project), every other configuration with them; ``env_extra`` maps a name to a
+    value or None (removed)."""
+    base = dict(_USER_ENV or os.environ)
+    if model_key == "classic":
+        base["VIRTUAL_IHC_THREAD_DEFAULTS"] = "0"
+    env = dict(base, PYTHONPATH=str(REPO))
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(k, None)
+    for k, v in (env_extra or {}).items():
+        if v is None:
+            env.pop(k, None)
+        else:
+            env[k] = v
+    return env
+
+
+def _launch(args, model_key: str, size: int, option: str, env_extra: Optional[dict] = None):
+    """Start one benchmark process; returns ``(Popen, result_dir)``."""
     import tempfile
 
     Path(args.tmp).mkdir(parents=True, exist_ok=True)
     result_dir = Path(tempfile.mkdtemp(prefix="results_", dir=args.tmp))
     # each process writes its own file: several DDP ranks printing to one pipe could interleave their lines
     cmd = _worker_cmd(args, model_key, size, option) + ["--result_dir", str(result_dir)]
-    env = dict(os.environ, PYTHONPATH=str(REPO))
-    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        env.pop(k, None)
+    proc = subprocess.Popen(cmd, cwd=REPO, env=_child_env(model_key, env_extra), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True)
+    return proc, result_dir
+
+
+def _collect(args, proc, result_dir: Path, model_key: str, size: int, option: str) -> dict:
+    """Wait for a process of :func:`_launch` and read its result (an ``error`` entry if it failed)."""
+    import shutil
+
     try:
         try:
-            r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=args.timeout)
+            _, stderr = proc.communicate(timeout=args.timeout)
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
             return {"model": model_key, "size": size, "option": option,
                     "error": f"timed out after {args.timeout} s"}
         results = [json.loads(f.read_text(encoding="utf-8")) for f in sorted(result_dir.glob("rank*.json"))]
     finally:
         shutil.rmtree(result_dir, ignore_errors=True)
-    if r.returncode != 0 or not results:
-        tail = (r.stderr.strip().splitlines() or ["no output"])[-1]
-        return {"model": model_key, "size": size, "option": option, "error": f"exit {r.returncode}: {tail}"}
+    if proc.returncode != 0 or not results:
+        tail = (stderr.strip().splitlines() or ["no output"])[-1]
+        return {"model": model_key, "size": size, "option": option, "error": f"exit {proc.returncode}: {tail}"}
     main = next((x for x in results if x.get("rank") == 0), results[0])
     if len(results) > 1:  # DDP: peak memory of the largest process
         main["peak_rss_mib"] = max(x["peak_rss_mib"] for x in results)
     return main
+
+
+def _run_config(args, model_key: str, size: int, option: str, env_extra: Optional[dict] = None) -> dict:
+    proc, result_dir = _launch(args, model_key, size, option, env_extra)
+    return _collect(args, proc, result_dir, model_key, size, option)
+
+
+def run_concurrent(args, model_key: str, size: int, option: str, n: int, policy: str) -> dict:
+    """The shared-machine measurement of one configuration under one wait policy (:data:`POLICIES`): one process
+    alone, then ``n`` identical processes started together. Returns ``{"solo": run, "together": [run, ...]}``
+    (runs as :func:`_run_config` returns them)."""
+    env = POLICIES[policy]
+    solo = _run_config(args, model_key, size, option, env)
+    started = [_launch(args, model_key, size, option, env) for _ in range(n)]
+    together = [_collect(args, p, d, model_key, size, option) for p, d in started]
+    return {"model": model_key, "size": size, "option": option, "policy": policy, "n": n, "solo": solo,
+            "together": together}
+
+
+def summarize_concurrent(groups: List[dict]) -> List[dict]:
+    """Per (configuration, policy): the median solo step over repeats and each concurrent process's median step
+    as a ratio to it (``ratios``: one per process and repeat; ``worst`` the largest); ``vs_best_solo``: the median
+    step together over the fastest policy's solo step (a policy whose solo step already suffers from other load on
+    the machine looks better in its own ratio than it is)."""
+    out: dict = {}
+    for g in groups:
+        key = (g["model"], g["size"], g["option"], g["policy"], g["n"])
+        row = out.setdefault(key, {"model": g["model"], "size": g["size"], "option": g["option"],
+                                   "policy": g["policy"], "n": g["n"], "solo": [], "together": [], "ratios": [],
+                                   "solo_cpu": [], "together_cpu": [], "errors": []})
+        bad = [r["error"] for r in [g["solo"], *g["together"]] if "error" in r]
+        if bad:
+            row["errors"] += bad
+            continue
+        solo = statistics.median(g["solo"]["times"])
+        row["solo"].append(solo)
+        row["solo_cpu"].append(statistics.median(g["solo"]["cpu_times"]))
+        for r in g["together"]:
+            t = statistics.median(r["times"])
+            row["together"].append(t)
+            row["together_cpu"].append(statistics.median(r["cpu_times"]))
+            row["ratios"].append(t / solo)
+    rows = []
+    for row in out.values():
+        if row["ratios"]:
+            row.update(solo_s=statistics.median(row["solo"]), together_s=statistics.median(row["together"]),
+                       worst=max(row["ratios"]), median_ratio=statistics.median(row["ratios"]),
+                       solo_cpu_s=statistics.median(row["solo_cpu"]),
+                       together_cpu_s=statistics.median(row["together_cpu"]))
+        rows.append(row)
+    for row in rows:  # against the fastest solo step of the configuration over all policies
+        solos = [r["solo_s"] for r in rows if "solo_s" in r and (r["model"], r["size"], r["option"]) ==
+                 (row["model"], row["size"], row["option"])]
+        if "together_s" in row:
+            row["vs_best_solo"] = row["together_s"] / min(solos)
+    return rows
+
+
+def concurrent_markdown(rows: List[dict], header: str) -> str:
+    lines = [header, "",
+             "| model | size | option | OpenMP wait | solo step (s) | step with N together (s) | ratio to solo "
+             "(median, worst) | together vs fastest solo | CPU s/step solo / together |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        if not r["ratios"]:
+            lines.append(f"| {r['model']} | {r['size']} | {r['option']} | {r['policy']} | failed: "
+                         f"{(r['errors'] or ['?'])[-1][:80]} | | | | |")
+            continue
+        lines.append(f"| {r['model']} | {r['size']} | {r['option']} | {r['policy']} | {r['solo_s']:.3f} | "
+                     f"{r['n']} x {r['together_s']:.3f} | {r['median_ratio']:.2f}x, {r['worst']:.2f}x | "
+                     f"{r['vs_best_solo']:.2f}x | "
+                     f"{r['solo_cpu_s']:.2f} / {r['together_cpu_s']:.2f} |")
+    return "\n".join(lines) + "\n"
 
 
 def _model_available(model_key: str) -> Optional[str]:
@@ -318,28 +522,35 @@ def summarize(runs: List[dict]) -> List[dict]:
         if base is not None and "step_s" in row:
             row["speedup"] = base["step_s"] / row["step_s"]
         ref = next((x for x in rows if x["model"] == "classic" and x["size"] == row["size"] and "step_s" in x), None)
-        if ref is not None and "step_s" in row and row["model"] in ("pyramidpix2pix", "classic"):
+        if ref is not None and "step_s" in row and row["model"] in ("pyramidpix2pix", "classic", "reference"):
             row["vs_classic"] = ref["step_s"] / row["step_s"]
+        rel = next((x for x in rows if x["model"] == "reference" and x["size"] == row["size"] and "step_s" in x),
+                   None)
+        if rel is not None and "step_s" in row and row["model"] in ("pyramidpix2pix", "classic", "reference"):
+            row["vs_reference"] = rel["step_s"] / row["step_s"]
     return rows
 
 
 def to_markdown(rows: List[dict], header: str) -> str:
     lines = [header, "",
              "| model | size | option | batch x procs | step (s) | steps/s | images/s | speedup vs eager | vs classic step "
-             "| CPU s/step | peak RSS (MiB) | peak GPU (MiB) | first step (s) | runs (min-max step) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| vs release (--reference) | CPU s/step | peak RSS (MiB) | peak GPU (MiB) | first step (s) "
+             "| runs (min-max step) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
             lines.append(f"| {r['model']} | {r['size']} | {r['option']} | - | failed: {r['error'][:80]} "
-                         "| | | | | | | | | |")
+                         "| | | | | | | | | | |")
             continue
         gpu = f"{r['peak_cuda_mib']:.0f}" if r.get("peak_cuda_mib") is not None else "-"
         sp = f"{r['speedup']:.2f}x" if "speedup" in r else "-"
         vc = f"{r['vs_classic']:.2f}x" if "vs_classic" in r else "-"
+        vr = f"{r['vs_reference']:.2f}x" if "vs_reference" in r else "-"
         nan = "" if r["finite"] else " (non-finite loss!)"
         cpu = f"{r['cpu_s']:.2f}" if r.get("cpu_s") is not None else "-"
         lines.append(f"| {r['model']} | {r['size']} | {r['option']}{nan} | {r['batch']} x {r['world']} | "
-                     f"{r['step_s']:.3f} | {r['steps_per_s']:.3f} | {r['images_per_s']:.2f} | {sp} | {vc} | {cpu} | "
+                     f"{r['step_s']:.3f} | {r['steps_per_s']:.3f} | {r['images_per_s']:.2f} | {sp} | {vc} | {vr} | "
+                     f"{cpu} | "
                      f"{r['peak_rss_mib']:.0f} | {gpu} | {r['first_step_s']:.1f} | {r['runs']} "
                      f"({r['spread'][0]:.3f}-{r['spread'][1]:.3f}) |")
     pyr = []
@@ -401,6 +612,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profile", type=int, default=0,
                    help="after the timed steps, profile one more step and log its top N operators (self CPU time)")
     p.add_argument("--tmp", default="/tmp/bench_train", help="scratch folder of the runs")
+    p.add_argument("--reference", type=Path, default=None, metavar="DIR",
+                   help="also time the authors' release (a checkout of its code in DIR, or DIR/PyramidPix2pix) at\n"
+                        "every size, interleaved with the other runs; row 'reference', column 'vs release'")
+    p.add_argument("--concurrent", type=int, default=0, metavar="N",
+                   help="shared-machine test: per configuration and --policies entry, one process alone, then N\n"
+                        "identical processes started together; reports each one's step as a ratio to the solo step")
+    p.add_argument("--policies", default="passive,libgomp",
+                   help=f"with --concurrent: OpenMP wait policies to compare, from {', '.join(POLICIES)}\n"
+                        "(passive: this project's default; libgomp: the library's default spin-then-sleep,\n"
+                        "as the authors' release runs; active: always spin)")
     # internal: one configuration
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model_key", help=argparse.SUPPRESS)
@@ -428,8 +649,18 @@ def _main(argv: Sequence[str]) -> int:
             raise OptionError(f"--models: unknown model {m!r}; valid: {', '.join(MODELS)}")
     for o in opts:
         option_flags(o)
-    if args.steps < 1 or args.warmup < 0 or args.repeats < 1 or args.nproc < 1:
-        raise OptionError("--steps and --repeats must be >= 1, --warmup >= 0, --nproc >= 1")
+    if args.steps < 1 or args.warmup < 0 or args.repeats < 1 or args.nproc < 1 or args.concurrent < 0:
+        raise OptionError("--steps and --repeats must be >= 1, --warmup >= 0, --nproc >= 1, --concurrent >= 0")
+    policies = _csv(args.policies)
+    for pol in policies:
+        if pol not in POLICIES:
+            raise OptionError(f"--policies: unknown policy {pol!r}; valid: {', '.join(POLICIES)}")
+    if args.reference is not None and reference_root(args.reference) is None:
+        raise OptionError(f"--reference: '{args.reference}' holds no release checkout (expected "
+                          f"{' and '.join(REFERENCE_FILES)} in it or in its PyramidPix2pix/ folder)")
+    if args.concurrent and (args.nproc > 1 or args.reference is not None):
+        raise OptionError("--concurrent runs this project's single-process configurations; use it without --nproc "
+                          "and --reference")
     configs, runs = [], []
     for m in models_:
         why = _model_available(m)
@@ -439,11 +670,15 @@ def _main(argv: Sequence[str]) -> int:
             continue
         # the classic reference step has no speed options: one configuration per size
         configs += [(m, s, o) for s in sizes for o in (["eager"] if m == "classic" else opts)]
+    if args.reference is not None:
+        configs += [("reference", s, "eager") for s in sizes]
     t0 = time.time()
+    if args.concurrent:
+        return _main_concurrent(args, configs, policies, t0)
     for rep in range(args.repeats):
         for k, (m, s, o) in enumerate(configs):
             log.info("repeat %d/%d, run %d/%d: %s %d px %s", rep + 1, args.repeats, k + 1, len(configs), m, s, o)
-            r = _run_config(args, m, s, o)
+            r = run_reference(args, s) if m == "reference" else _run_config(args, m, s, o)
             if "error" in r:
                 log.warning("%s %d px %s failed: %s", m, s, o, r["error"])
             else:
@@ -472,8 +707,54 @@ def _main(argv: Sequence[str]) -> int:
     return 0
 
 
+def _machine_header(args, what: str, t0: float) -> str:
+    import platform
+
+    import torch
+
+    return (f"{what} (`scripts/bench_train.py`, {args.device}, torch {torch.__version__}, {os.cpu_count()} CPUs, "
+            f"{platform.processor() or platform.machine()}; ngf/ndf {args.ngf}/{64 if args.ndf is None else args.ndf}; "
+            f"{args.warmup} warmup + "
+            f"{args.steps} timed steps, {args.repeats} interleaved repeat(s), medians; {time.strftime('%Y-%m-%d')}, "
+            f"{time.time() - t0:.0f} s)")
+
+
+def _main_concurrent(args, configs, policies: List[str], t0: float) -> int:
+    from util.fileio import atomic_write_text
+
+    groups = []
+    for rep in range(args.repeats):
+        for m, s, o in configs:
+            for pol in policies:
+                log.info("repeat %d/%d: %s %d px %s, wait policy %s: alone, then %d together", rep + 1, args.repeats,
+                         m, s, o, pol, args.concurrent)
+                g = run_concurrent(args, m, s, o, args.concurrent, pol)
+                for r in [g["solo"], *g["together"]]:
+                    if "error" in r:
+                        log.warning("  failed: %s", r["error"])
+                if "error" not in g["solo"] and not any("error" in r for r in g["together"]):
+                    solo = statistics.median(g["solo"]["times"])
+                    log.info("  solo %.3f s; together %s", solo, ", ".join(
+                        f"{statistics.median(r['times']):.3f} s ({statistics.median(r['times']) / solo:.2f}x)"
+                        for r in g["together"]))
+                groups.append(g)
+    header = _machine_header(args, f"Shared-machine benchmark, {args.concurrent} identical trainings at once", t0)
+    table = concurrent_markdown(summarize_concurrent(groups), header)
+    sys.stdout.write(table)
+    if args.out:
+        atomic_write_text(args.out, table)
+    if args.json:
+        atomic_write_text(args.json, json.dumps(groups, indent=1) + "\n")
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns 0, or 2 with one stderr line on bad options or files."""
+    from util.threads import configure_threads
+
+    if not _USER_ENV:
+        _USER_ENV.update(os.environ)  # before configure_threads(): the release-style rows run in the user's env
+    configure_threads()  # before anything imports torch: OpenMP wait policy, torchrun threads (util/threads.py)
     from util.logging_setup import run_cli
 
     return run_cli(_main, sys.argv[1:] if argv is None else argv)

@@ -240,6 +240,8 @@ def _mkparent(p: Path) -> Path:
 # ------------------------------------------------------------------------------------------------------------ cells
 def method_args(method: str, args) -> List[str]:
     extra = ["--lambda_dab", str(args.dab_weight)] if method == "pyramidpix2pix_dab" else []
+    if args.smoke and "--reg_correction" in METHODS[method]:
+        extra += ["--netR_nf", "8"]  # only the models with a registration network take it
     return METHODS[method] + extra
 
 
@@ -248,7 +250,7 @@ def common_train_args(args) -> List[str]:
             "--preprocess", "none", "--ngf", str(args.ngf), "--ndf", str(args.ndf), "--n_epochs", str(args.n_epochs),
             "--n_epochs_decay", str(args.n_epochs_decay), "--gpu_ids", args.gpu_ids, "--display_id", "0",
             "--print_freq", "100000", "--display_freq", "100000", "--save_epoch_freq", "100000"] + (
-            ["--netR_nf", "8", "--num_threads", "0"] if args.smoke else [])
+            ["--num_threads", "0"] if args.smoke else [])
 
 
 def run_cell(args, out: Path, method: str, d: int, seed: int, train_root: Path, test_root: Path,
@@ -453,6 +455,9 @@ def _main(argv: Sequence[str]) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from util.threads import configure_threads
+
+    configure_threads()  # before anything imports torch: OpenMP wait policy, torchrun threads (util/threads.py)
     from util.logging_setup import run_cli
 
     return run_cli(_main, sys.argv[1:] if argv is None else argv)

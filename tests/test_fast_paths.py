@@ -237,3 +237,123 @@ def test_bench_driver_collects_every_ddp_rank(tmp_path):
     assert "error" not in r, r.get("error")
     assert r["world"] == 2 and r["rank"] == 0 and len(r["times"]) == 1 and r["finite"]
     assert not list(tmp_path.glob("results_*"))  # the per-run result folder is removed
+
+
+# ------------------------------------------------------------------------------------------------ issue 19: bench
+_FAKE_OPTIONS = '''
+import argparse
+
+
+class TrainOptions:
+    def parse(self):
+        p = argparse.ArgumentParser()
+        for name in ("dataroot", "name", "checkpoints_dir", "model", "netG", "netD", "pattern", "gpu_ids"):
+            p.add_argument("--" + name)
+        for name in ("batch_size", "ngf", "ndf"):
+            p.add_argument("--" + name, type=int)
+        p.add_argument("--input_nc", type=int, default=3)
+        p.add_argument("--output_nc", type=int, default=3)
+        return p.parse_args()
+'''
+_FAKE_MODELS = '''
+import torch
+
+
+class Tiny:
+    def __init__(self, opt):
+        self.opt = opt
+        self.net = torch.nn.Conv2d(opt.input_nc, opt.output_nc, 3, padding=1)
+        self.optimizer = torch.optim.Adam(self.net.parameters())
+
+    def setup(self, opt):
+        assert opt.pattern == "L1_L2_L3_L4" and opt.model == "pix2pix" and opt.gpu_ids == "-1"
+
+    def set_input(self, batch):
+        self.a, self.b = batch["A"], batch["B"]
+
+    def optimize_parameters(self):
+        self.optimizer.zero_grad()
+        self.loss = (self.net(self.a) - self.b).abs().mean()
+        self.loss.backward()
+        self.optimizer.step()
+
+    def get_current_losses(self):
+        return {"G_L1": float(self.loss)}
+
+
+def create_model(opt):
+    return Tiny(opt)
+'''
+
+
+def _fake_release(root):
+    """A folder laid out like the BCI repository (PyramidPix2pix/options, PyramidPix2pix/models) whose 'release'
+    is a one-convolution model: enough to run the --reference driver, not a copy of the release."""
+    code = root / "PyramidPix2pix"
+    for pkg, text in (("options", _FAKE_OPTIONS), ("models", "")):
+        (code / pkg).mkdir(parents=True)
+        (code / pkg / "__init__.py").write_text(text if pkg == "models" else "")
+    (code / "options" / "train_options.py").write_text(_FAKE_OPTIONS)
+    (code / "models" / "__init__.py").write_text(_FAKE_MODELS)
+    # a module named like one of this project's: the release's own must win on its sys.path
+    (code / "util").mkdir()
+    (code / "util" / "__init__.py").write_text("RELEASE = True\n")
+    return code
+
+
+def test_bench_reference_times_a_release_checkout_in_its_own_process(tmp_path):
+    code = _fake_release(tmp_path / "BCI")
+    assert bench_train.reference_root(tmp_path / "BCI") == code and bench_train.reference_root(code) == code
+    assert bench_train.reference_root(tmp_path) is None
+    args = bench_train.build_parser().parse_args(["--reference", str(tmp_path / "BCI"), "--steps", "2", "--warmup",
+                                                  "1", "--tmp", str(tmp_path / "scratch")])
+    r = bench_train.run_reference(args, 16)
+    assert "error" not in r, r
+    assert r["model"] == "reference" and r["batch"] == 2 and r["size"] == 16 and len(r["times"]) == 2
+    assert r["finite"] and r["peak_rss_mib"] > 10
+    # the table: the release row and each pyramid row's ratio to it
+    classic = {"model": "classic", "size": 16, "option": "eager", "batch": 2, "times": [3.0], "first_step_s": 3.0,
+               "peak_rss_mib": 1.0}
+    fast = dict(classic, model="pyramidpix2pix", option="channels_last+winograd", times=[1.5])
+    rows = {r_["model"]: r_ for r_ in bench_train.summarize([dict(r, times=[6.0]), classic, fast])}
+    assert rows["pyramidpix2pix"]["vs_reference"] == pytest.approx(4.0)
+    assert rows["classic"]["vs_reference"] == pytest.approx(2.0) and rows["reference"]["vs_classic"] == 0.5
+    assert "| 4.00x |" in bench_train.to_markdown(list(rows.values()), "h")
+
+
+def test_bench_reference_folder_without_the_release_is_refused(tmp_path, capsys):
+    (tmp_path / "other").mkdir()
+    assert bench_train.main(["--reference", str(tmp_path / "other"), "--tmp", str(tmp_path / "s")]) == 2
+    err = capsys.readouterr().err
+    assert "--reference" in err and "options/train_options.py" in err and "Traceback" not in err
+
+
+def test_bench_concurrent_ratios_and_environments():
+    # each process's median step over the solo median of the same group; the worst ratio over processes and repeats
+    def run(times, cpu=1.0):
+        return {"times": times, "cpu_times": [cpu] * len(times)}
+
+    groups = [{"model": "pyramidpix2pix", "size": 256, "option": "eager", "policy": "passive", "n": 2,
+               "solo": run([2.0, 2.0, 9.0]), "together": [run([4.0, 4.2]), run([5.0])]},
+              {"model": "pyramidpix2pix", "size": 256, "option": "eager", "policy": "passive", "n": 2,
+               "solo": run([3.0]), "together": [run([6.0]), run([6.3])]},
+              {"model": "pyramidpix2pix", "size": 256, "option": "eager", "policy": "libgomp", "n": 2,
+               "solo": run([2.0]), "together": [run([10.0]), {"error": "exit 1: boom"}]}]
+    rows = {r["policy"]: r for r in bench_train.summarize_concurrent(groups)}
+    p = rows["passive"]
+    assert p["ratios"] == pytest.approx([2.05, 2.5, 2.0, 2.1]) and p["worst"] == pytest.approx(2.5)
+    assert p["solo_s"] == pytest.approx(2.5) and p["median_ratio"] == pytest.approx(2.075)
+    assert rows["libgomp"]["errors"] == ["exit 1: boom"] and not rows["libgomp"]["ratios"]
+    table = bench_train.concurrent_markdown(list(rows.values()), "h")
+    assert "2.08x, 2.50x" in table and "failed: exit 1: boom" in table
+    # against the fastest solo step of any policy: a slow solo (spinning under load) does not flatter the pair
+    groups.append(dict(groups[0], policy="active", solo=run([10.0]), together=[run([12.0]), run([14.0])]))
+    rows = {r["policy"]: r for r in bench_train.summarize_concurrent(groups)}
+    assert rows["active"]["worst"] == pytest.approx(1.4) and rows["active"]["vs_best_solo"] == pytest.approx(13 / 2.5)
+    assert rows["passive"]["vs_best_solo"] == pytest.approx(5.5 / 2.5)  # median of 4.1, 5.0, 6.0, 6.3
+    # the environments: policies on top of the user's; the release-style rows without this project's defaults
+    env = bench_train._child_env("pyramidpix2pix", bench_train.POLICIES["libgomp"])
+    assert env["VIRTUAL_IHC_THREAD_DEFAULTS"] == "0" and "OMP_WAIT_POLICY" not in env
+    assert bench_train._child_env("pyramidpix2pix", bench_train.POLICIES["active"])["OMP_WAIT_POLICY"] == "ACTIVE"
+    assert bench_train._child_env("classic")["VIRTUAL_IHC_THREAD_DEFAULTS"] == "0"
+    assert "VIRTUAL_IHC_THREAD_DEFAULTS" not in bench_train._child_env("pyramidpix2pix")

@@ -197,3 +197,28 @@ def test_winograd_on_cuda_device_only_warns(caplog):
 def test_option_is_parsed():
     assert options.parse_train(["--dataroot", "x", "--winograd"]).winograd is True
     assert options.parse_train(["--dataroot", "x"]).winograd is False
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_large_batches_are_split_into_chunks_with_the_same_result(monkeypatch, channels_last):
+    """Tile tensors above _CHUNK_BYTES are computed a few images at a time (issue 19: heap fragmentation); the
+    result, its gradients and its memory layout are those of the direct convolution."""
+    from models.networks import winograd
+
+    calls = []
+    apply = winograd._Winograd3x3.apply
+    monkeypatch.setattr(winograd._Winograd3x3, "apply", lambda *a: calls.append(a[0].shape[0]) or apply(*a))
+    monkeypatch.setattr(winograd, "_CHUNK_BYTES", 36 * 4 * 3 * 8 * 8 * 2)  # (36, 2 images' tiles, 8) float64 tiles
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(5, 8, 13, 11, dtype=torch.float64, generator=g)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    x.requires_grad_()
+    w = torch.randn(6, 8, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    y = winograd_conv3x3(x, w, None, 1)
+    assert calls == [2, 2, 1]  # 4 x 3 tiles of 4x4 per 13 x 11 output image: 2 images per chunk
+    ref = F.conv2d(x, w, None, padding=1)
+    gy = torch.randn(ref.shape, dtype=torch.float64, generator=g)
+    for a, b in zip((y, *torch.autograd.grad(y, (x, w), gy)), (ref, *torch.autograd.grad(ref, (x, w), gy))):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10)
+    assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)

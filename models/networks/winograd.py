@@ -15,7 +15,9 @@ matrices ``B^T (x) B^T`` (36x36) and ``G (x) G`` (36x9), the channel sums are 36
 same algorithm transposed (custom ``autograd.Function``; it recomputes the input transform instead of keeping it, so
 only the layer's input and weight are saved for backward). The transformed tiles are transient: at ``(2, 256, 130,
 130)`` the extra peak memory over a direct convolution was ~2.5x the layer's output in the forward pass and ~7x in
-forward + backward; in the 256 px training step peak RSS went from 2.3 to 2.7 GiB.
+forward + backward. Tile tensors above 16 MiB are computed a few images at a time (``_CHUNK_BYTES``): as heap blocks
+between the long-lived activations they fragmented glibc's heap (256 px training step: peak RSS 2.3-2.9 GiB in
+identical runs, 2.3-2.35 GiB chunked).
 
 Numerics: float32 throughout, but a different summation than direct convolution: on random data the largest error
 relative to the output's range is ~1e-5 against a float64 reference (direct float32: ~3e-7), and gradients are
@@ -55,6 +57,11 @@ _AT = ((1, 1, 1, 1, 1, 0),
        (0, 1, 1, 4, 4, 0),
        (0, 1, -1, 8, -8, 1))
 _M, _ALPHA = 4, 6  # output tile, input tile
+
+# transient tile tensors above this size are split over the batch: glibc serves blocks below its mmap threshold
+# (32 MiB with util.fast_paths.tune_cpu_allocator) from the heap, where 18 MiB tiles between long-lived activations
+# fragmented it (peak RSS varied by 0.4 GiB between identical runs)
+_CHUNK_BYTES = 16 * 2 ** 20
 
 _MATS: Dict[Tuple[torch.dtype, torch.device], Tuple[Tensor, Tensor, Tensor]] = {}
 
@@ -176,7 +183,12 @@ def winograd_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None, padd
     extra_h, extra_w = _M * th - ho, _M * tw - wo
     if extra_h or extra_w:
         x = F.pad(x, (0, extra_w, 0, extra_h))
-    y = _Winograd3x3.apply(x, weight)
+    tile_bytes = _ALPHA * _ALPHA * x.shape[0] * th * tw * max(x.shape[1], weight.shape[0]) * x.element_size()
+    if x.shape[0] > 1 and tile_bytes > _CHUNK_BYTES:  # a few images at a time: transient tiles below the threshold
+        per = max(1, int(x.shape[0] * _CHUNK_BYTES // tile_bytes))
+        y = torch.cat([_Winograd3x3.apply(part, weight) for part in x.split(per)], 0)
+    else:
+        y = _Winograd3x3.apply(x, weight)
     if bias is not None:
         y = y + bias.view(1, -1, 1, 1)
     if extra_h or extra_w:  # crop the partial tiles, back to a dense tensor in the input's layout
