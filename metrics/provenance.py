@@ -17,7 +17,6 @@ carries (torch.hub convention, below).
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 from typing import Dict, Optional, Sequence, Union
 
 from util.errors import OptionError
+from util.fileio import sha256_file  # noqa: F401 (re-exported: provenance.sha256_file)
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -115,15 +115,6 @@ def collect(run_dir: Optional[PathLike] = None, argv: Optional[Sequence[str]] = 
         if manifest is None:
             out["checkpoint_note"] = "no run_manifest.json in the result folder (written by an older test.py?)"
     return out
-
-
-def sha256_file(path: PathLike, chunk: int = 1 << 20) -> str:
-    """Hex sha256 of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def check_inception_weights(path: PathLike, unchecked: bool = False,

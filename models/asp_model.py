@@ -32,7 +32,7 @@ from typing import Dict
 import torch
 from torch import Tensor
 
-from models import register
+from models import misalignment, register
 from models.contrastive import ASP_LOSS_MODES, parse_asp_mode, supervised_patch_nce_loss
 from models.cut_model import CUTModel, add_nce_options
 from models.pyramid import ASP_GP_WEIGHTS, gaussian_pyramid_l1, gaussian_pyramid_min_size
@@ -81,6 +81,9 @@ class ASPModel(CUTModel):
             g.add_argument("--lambda_gp", type=float, default=10.0, help="weight of the Gaussian-pyramid L1 loss")
             g.add_argument("--gp_weights", default=",".join(str(w) for w in ASP_GP_WEIGHTS),
                            help="per-level weights of the Gaussian-pyramid L1, finest level first (one per level)")
+        # --reg_correction / --lambda_dab (models/misalignment.py): ASP's pixel loss (the Gaussian-pyramid L1) and the
+        # DAB loss compare the warped virtual IHC; the PatchNCE terms keep the unwarped features
+        misalignment.add_options(parser, is_train)
         return parser
 
     @classmethod
@@ -94,6 +97,7 @@ class ASPModel(CUTModel):
         if not opt.isTrain:
             return
         super().check_options(opt)
+        misalignment.check_options(opt)
         parse_asp_mode(opt.asp_loss_mode)
         weights = parse_gp_weights(opt.gp_weights)
         for name in ("lambda_asp", "lambda_gp"):
@@ -112,6 +116,17 @@ class ASPModel(CUTModel):
         if self.isTrain:
             self.loss_names = ["G_GAN", "D_real", "D_fake", "G", "NCE", "ASP", "GP"]
             self.gp_weights = parse_gp_weights(opt.gp_weights)
+            self.supervision = misalignment.RealIHCSupervision(self, opt)  # netR / optimizer_R with --reg_correction
+            self.loss_names += self.supervision.loss_names()
+
+    def extra_G_optimizers(self) -> list:
+        """netR's optimizer with ``--reg_correction`` (stepped in the generator step)."""
+        return self.supervision.extra_G_optimizers() if self.isTrain else []
+
+    def compute_visuals(self) -> None:
+        super().compute_visuals()
+        if self.isTrain:
+            self.supervision.compute_visuals()
 
     def validate_input_size(self, height: int, width: int) -> None:
         super().validate_input_size(height, width)
@@ -146,15 +161,19 @@ class ASPModel(CUTModel):
                          for q, k in zip(q_layers, k_layers)]
             self.loss_ASP = sum(per_layer) / len(per_layer) * opt.lambda_asp
             total = total + self.loss_ASP
+        pred = self.supervision.prediction()  # fake_B, or warp(fake_B, netR(fake_B, real_B)) with --reg_correction
         if opt.lambda_gp > 0:
             if self.amp.enabled:
                 with torch.autocast(device_type=self.device.type, enabled=False):
-                    gp = gaussian_pyramid_l1(self.fake_B.float(), self.real_B.float(), self.gp_weights)
+                    gp = gaussian_pyramid_l1(pred.float(), self.real_B.float(), self.gp_weights)
             else:
-                gp = gaussian_pyramid_l1(self.fake_B, self.real_B, self.gp_weights)
+                gp = gaussian_pyramid_l1(pred, self.real_B, self.gp_weights)
             self.loss_GP = gp * opt.lambda_gp
             total = total + self.loss_GP
         else:
             self.loss_GP = zero
+        extra = self.supervision.extra_terms(pred)
+        if extra is not None:
+            total = total + extra
         self.loss_G = total
         return self.loss_G

@@ -53,3 +53,23 @@ def _isolate_logging():
             root.removeHandler(h)
             h.close()
     root.setLevel(level)
+
+
+@pytest.fixture(scope="module")
+def tiny_stain_run(tmp_path_factory) -> Path:
+    """A checkpoints folder with run 'tiny': an untrained resnet_6blocks generator (ngf 8, instance norm) saved as
+    latest_net_G.pth plus its train_opt.json (with the training MPP), for the whole-slide staining tests."""
+    import json
+
+    from models.networks import define_G
+    from util.checkpoint import save_network
+
+    root = tmp_path_factory.mktemp("ckpt")
+    net = define_G(3, 3, 8, "resnet_6blocks", "instance", False, "normal", 0.02)
+    (root / "tiny").mkdir()
+    save_network(net, root / "tiny" / "latest_net_G.pth")
+    opt = {"model": "pix2pix", "netG": "resnet_6blocks", "ngf": 8, "norm": "instance", "input_nc": 3,
+           "output_nc": 3, "no_dropout": True, "init_type": "normal", "init_gain": 0.02, "direction": "AtoB",
+           "mpp": 0.46}
+    (root / "tiny" / "train_opt.json").write_text(json.dumps(opt))
+    return root

@@ -491,7 +491,7 @@ def test_keep_last_keeps_the_newest_sets_of_a_resumed_run(sample_bci, tmp_path, 
     assert _assert_set_loads(exp, "3").manifest["epoch"] == 3
 
 
-def test_resume_with_another_batch_size_continues_after_the_same_items(sample_bci, tmp_path, capsys):
+def test_resume_with_another_batch_size_continues_after_the_same_items(sample_bci, tmp_path):
     args = _args(sample_bci, tmp_path, extra=["--save_latest_freq", "2"])
     r = _run_train(args, fault="before_commit:3")  # sets at 2 and 4 images of epoch 1 are complete
     assert r.returncode == -signal.SIGKILL
@@ -552,7 +552,7 @@ def test_metrics_files_are_written_as_a_group(sample_bci, tmp_path):
     assert not [p for p in run_dir.iterdir() if ".partial" in p.name]
 
 
-def test_ctrl_c_while_importing_is_one_line(tmp_path):
+def test_ctrl_c_while_importing_is_one_line():
     for script in ("test.py", "evaluate.py"):
         p = subprocess.Popen([sys.executable, str(ROOT / script), "--help"], cwd=ROOT, stderr=subprocess.PIPE,
                              stdout=subprocess.DEVNULL, text=True)

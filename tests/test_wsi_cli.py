@@ -1,7 +1,6 @@
 """stain_slide.py end to end with a tiny trained-format experiment, and every bad input (exit 2, nothing written)."""
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import openslide
@@ -9,23 +8,13 @@ import pytest
 from PIL import Image
 
 import stain_slide
-from models.networks import define_G
-from util.checkpoint import save_network
 
 SVS = "samples/cmu_small_region.svs"
 
 
 @pytest.fixture(scope="module")
-def exp(tmp_path_factory):
-    root = tmp_path_factory.mktemp("ckpt")
-    net = define_G(3, 3, 8, "resnet_6blocks", "instance", False, "normal", 0.02)
-    (root / "tiny").mkdir()
-    save_network(net, root / "tiny" / "latest_net_G.pth")
-    opt = {"model": "pix2pix", "netG": "resnet_6blocks", "ngf": 8, "norm": "instance", "input_nc": 3,
-           "output_nc": 3, "no_dropout": True, "init_type": "normal", "init_gain": 0.02, "direction": "AtoB",
-           "mpp": 0.46}
-    (root / "tiny" / "train_opt.json").write_text(json.dumps(opt))
-    return root
+def exp(tiny_stain_run):
+    return tiny_stain_run
 
 
 @pytest.fixture(scope="module")

@@ -149,6 +149,8 @@ SET_FORMAT = 1
 
 class NoSuchSetError(CheckpointError):
     """The experiment folder has no checkpoint set of the requested label."""
+
+
 _STAGE_PREFIX = ".ckptset-"
 FAULT_ENV = "VIRTUAL_IHC_FAULT"
 
@@ -180,13 +182,9 @@ _FAULT_COUNTS: dict = {}
 
 
 def _sha256(path: Path) -> str:
-    import hashlib
+    from util.fileio import sha256_file
 
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return sha256_file(path)
 
 
 def _fsync_dir(path: Path) -> None:
