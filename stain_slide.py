@@ -34,7 +34,9 @@ SLIDE_SUFFIXES = (".svs", ".tif", ".tiff", ".ndpi", ".vms", ".vmu", ".mrxs", ".s
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description="H&E whole slide -> virtual IHC pyramidal BigTIFF (tiled, seamless).")
+    from util.logging_setup import HelpFormatter
+
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, description="H&E whole slide -> virtual IHC pyramidal BigTIFF (tiled, seamless).")
     p.add_argument("--name", default=None,
                    help="experiment whose generator to use (its train_opt.json rebuilds it); optional with --onnx")
     p.add_argument("--checkpoints_dir", default="./checkpoints", help="folder holding <name>/")

@@ -53,6 +53,7 @@ def _run(opt, info) -> int:
     from util.run_lock import ExperimentLock
 
     exp = Path(opt.checkpoints_dir) / opt.name
+    created = not exp.exists()
     lock = None
     if info.is_main:  # one training per experiment folder; it alone cleans up interrupted saves
         lock = ExperimentLock(exp)
@@ -66,6 +67,10 @@ def _run(opt, info) -> int:
     finally:
         if lock is not None:
             lock.release()
+            # a run that stopped before writing anything (bad data) leaves no experiment folder behind
+            if created and {p.name for p in exp.iterdir()} == {".train.lock"}:
+                (exp / ".train.lock").unlink()
+                exp.rmdir()
 
 
 def _loop(opt, info, exp: Path) -> int:

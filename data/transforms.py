@@ -140,7 +140,7 @@ def get_params(opt, size: Tuple[int, int], path: str = "<image>", train: Optiona
             resized = "" if (h, w) == (height, width) else f", {w}x{h} after --preprocess {mode} --load_size {opt.load_size}"
             raise DataError(
                 f"image '{path}' is {width}x{height} px{resized}, smaller than --crop_size {cs} "
-                f"(--preprocess {mode}); lower --crop_size or use a larger --load_size"
+                f"(--preprocess {mode}); lower --crop_size" + ("" if mode == "crop" else " or use a larger --load_size")
             )
         if train:
             top = int(torch.randint(0, h - cs + 1, (1,), generator=_ITEM_GENERATOR).item())

@@ -116,7 +116,7 @@ def parse_tta_modes(text: str) -> Tuple[str, ...]:
     bad = [m for m in modes if m not in _TRANSFORMS]
     if bad:
         raise OptionError(
-            f"--tta_modes: unknown mode(s) {', '.join(repr(m) for m in bad)} in '{text}'; "
+            f"unknown mode(s) {', '.join(repr(m) for m in bad)} in '{text}'; "
             f"valid modes: all, or a comma-separated subset of {', '.join(TTA_MODES)}"
         )
     dupes = sorted({m for m in modes if modes.count(m) > 1})

@@ -9,15 +9,15 @@ GAN_MODES = ("vanilla", "lsgan", "wgangp")
 
 def add_train_options(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     g = parser.add_argument_group("visualization")
-    g.add_argument("--display_freq", type=int, default=400, help="frequency (iterations) of showing results on visdom/HTML")
+    g.add_argument("--display_freq", type=int, default=400, help="frequency (images seen) of showing results on visdom/HTML")
     g.add_argument("--display_ncols", type=int, default=4, help="images per row in visdom")
     g.add_argument("--display_id", type=int, default=0,
                    help="visdom window id; 0 = no visdom (no network call at all); > 0 sends to --display_server")
     g.add_argument("--display_server", default="http://localhost", help="visdom server of the web display")
     g.add_argument("--display_env", default="main", help="visdom display environment name")
     g.add_argument("--display_port", type=int, default=8097, help="visdom port")
-    g.add_argument("--update_html_freq", type=int, default=1000, help="frequency (iterations) of saving results to HTML")
-    g.add_argument("--print_freq", type=int, default=100, help="frequency (iterations) of printing losses")
+    g.add_argument("--update_html_freq", type=int, default=1000, help="frequency (images seen) of saving results to HTML")
+    g.add_argument("--print_freq", type=int, default=100, help="frequency (images seen) of printing losses")
     g.add_argument("--no_html", action="store_true", help="do not save results to <checkpoints_dir>/<name>/web/")
     g.add_argument("--use_tensorboard", action="store_true",
                    help="log losses, learning rate and visuals to <checkpoints_dir>/<name>/tensorboard (pip install "

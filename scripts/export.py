@@ -30,7 +30,10 @@ log = logging.getLogger("export")
 def build_parser() -> argparse.ArgumentParser:
     from models.export import DEFAULT_TOLERANCE, FORMATS, ONNX_OPSET
 
-    p = argparse.ArgumentParser(prog="export.py", description=__doc__.split("\n\n")[0])
+    from util.logging_setup import HelpFormatter
+
+
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, prog="export.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--name", required=True, help="experiment folder <checkpoints_dir>/<name>")
     p.add_argument("--checkpoints_dir", default="./checkpoints")
     p.add_argument("--epoch", default="latest", help="which <epoch>_net_G.pth")

@@ -127,7 +127,9 @@ def build(out: Path, tile: int, n_train: int, n_test: int, seed: int, source: Pa
     """
     out = Path(out)
     if tile < 8 or n_train < 1 or n_test < 1:
-        raise OptionError(f"--tile_size ({tile}) must be >= 8 and --n_train ({n_train}), --n_test ({n_test}) >= 1")
+        bad = [f"--{k} must be >= {lo}, got {v}" for k, v, lo in (("tile_size", tile, 8), ("n_train", n_train, 1),
+                                                                    ("n_test", n_test, 1)) if v < lo]
+        raise OptionError("; ".join(bad))
     if out.exists() and not out.is_dir():
         raise OptionError(f"--out '{out}' exists and is not a folder")
     if _is_nonempty_dir(out) and not overwrite:
@@ -194,7 +196,9 @@ def build(out: Path, tile: int, n_train: int, n_test: int, seed: int, source: Pa
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    from util.logging_setup import HelpFormatter
+
+    p = argparse.ArgumentParser(formatter_class=HelpFormatter, description=__doc__.split("\n")[0])
     p.add_argument("--out", type=Path, default=Path("datasets/sample_bci"), help="output folder (BCI layout)")
     p.add_argument("--tile_size", type=int, default=128, help="tile side in pixels")
     p.add_argument("--n_train", type=int, default=24, help="number of train pairs")
@@ -213,7 +217,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     def body(a):
         build(a.out, a.tile_size, a.n_train, a.n_test, a.seed, a.source, a.overwrite)
 
-    return run_cli(body, args, prog="make_sample_dataset")
+    return run_cli(body, args, prog="make_sample_dataset.py")
 
 
 if __name__ == "__main__":
