@@ -106,6 +106,7 @@ def _test(argv: Optional[Sequence[str]]) -> int:
     import data
     import models
     import options
+    from util.fileio import sha256_file
     from util.image_io import save_png, tensor_to_uint8
     from util.result_page import add_result_row, start_result_page
     from util.logging_setup import setup_logging
@@ -225,7 +226,7 @@ def _test(argv: Optional[Sequence[str]]) -> int:
             gen_files = {f"{cs.label}_net_{name}.pth" for name in model.model_names}
             checkpoint = {"dir": str(cs.save_dir), "label": cs.label, "set_id": cs.get("set_id"),
                           "legacy": cs.legacy, "epoch": cs.get("epoch"), "total_iters": cs.get("total_iters"),
-                          "files": {f: (cs.manifest["files"][f]["sha256"] if cs.manifest else _sha256(cs.path(f)))
+                          "files": {f: (cs.manifest["files"][f]["sha256"] if cs.manifest else sha256_file(cs.path(f)))
                                     for f in sorted(gen_files)}}
         write_manifest(staging.path, {
             "name": opt.name, "model": opt.model, "dataroot": str(opt.dataroot), "phase": opt.phase,
@@ -243,12 +244,6 @@ def _test(argv: Optional[Sequence[str]]) -> int:
         log.error("--strict: %d flagged output(s)", len(flagged))
         return 3
     return 0
-
-
-def _sha256(path) -> str:
-    from util.checkpoint import _sha256 as sha
-
-    return sha(Path(path))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
