@@ -200,15 +200,19 @@ def test_option_is_parsed():
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
-def test_large_batches_are_split_into_chunks_with_the_same_result(monkeypatch, channels_last):
-    """Tile tensors above _CHUNK_BYTES are computed a few images at a time (issue 19: heap fragmentation); the
-    result, its gradients and its memory layout are those of the direct convolution."""
+@pytest.mark.parametrize("chunk_rows", [1, 2, 4])
+def test_large_layers_are_computed_in_row_chunks_with_the_same_result(monkeypatch, channels_last, chunk_rows):
+    """Tile tensors above _CHUNK_BYTES are computed a few tile rows at a time inside one autograd node (issue 19:
+    heap fragmentation, page faults of large transient blocks); the output, the input gradient (tiles overlapping
+    across chunk borders), the weight gradient (summed over chunks) and the memory layout are those of the direct
+    convolution, also for an output gradient with zero strides (the backward of ``sum``)."""
     from models.networks import winograd
 
-    calls = []
-    apply = winograd._Winograd3x3.apply
-    monkeypatch.setattr(winograd._Winograd3x3, "apply", lambda *a: calls.append(a[0].shape[0]) or apply(*a))
-    monkeypatch.setattr(winograd, "_CHUNK_BYTES", 36 * 4 * 3 * 8 * 8 * 2)  # (36, 2 images' tiles, 8) float64 tiles
+    # (36, N*rows*tw, C) float64 tiles of `chunk_rows` tile rows per chunk: 4 tile rows in all (13 rows of output)
+    monkeypatch.setattr(winograd, "_CHUNK_BYTES", 36 * 5 * 3 * 8 * 8 * chunk_rows)
+    pieces = winograd._row_chunks(5, 4, 3, 8, 8)
+    assert [r for _, r in pieces] == [chunk_rows] * (4 // chunk_rows)
+    assert [r0 for r0, _ in pieces] == list(range(0, 4, chunk_rows))
     g = torch.Generator().manual_seed(5)
     x = torch.randn(5, 8, 13, 11, dtype=torch.float64, generator=g)
     if channels_last:
@@ -216,9 +220,26 @@ def test_large_batches_are_split_into_chunks_with_the_same_result(monkeypatch, c
     x.requires_grad_()
     w = torch.randn(6, 8, 3, 3, dtype=torch.float64, generator=g, requires_grad=True)
     y = winograd_conv3x3(x, w, None, 1)
-    assert calls == [2, 2, 1]  # 4 x 3 tiles of 4x4 per 13 x 11 output image: 2 images per chunk
     ref = F.conv2d(x, w, None, padding=1)
     gy = torch.randn(ref.shape, dtype=torch.float64, generator=g)
     for a, b in zip((y, *torch.autograd.grad(y, (x, w), gy)), (ref, *torch.autograd.grad(ref, (x, w), gy))):
         assert torch.allclose(a, b, rtol=0, atol=1e-10)
     assert y.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+    for a, b in zip(torch.autograd.grad(winograd_conv3x3(x, w, None, 1).sum(), (x, w)),
+                    torch.autograd.grad(F.conv2d(x, w, None, padding=1).sum(), (x, w))):
+        assert torch.allclose(a, b, rtol=0, atol=1e-10)
+
+
+def test_row_chunks_are_balanced_and_cover_every_tile_row(monkeypatch):
+    from models.networks import winograd
+
+    monkeypatch.setattr(winograd, "_CHUNK_BYTES", 16 * 2 ** 20)
+    # the 256 px training step's residual blocks: (36, 2 x 16 x 16 tiles, 256) float32 = 18.9 MB -> 2 x 8 rows
+    assert winograd._row_chunks(2, 16, 16, 256, 4) == [(0, 8), (8, 8)]
+    for n, th, tw, c in ((1, 7, 5, 64), (2, 64, 64, 256), (3, 1, 9, 512), (2, 33, 33, 256)):
+        pieces = winograd._row_chunks(n, th, tw, c, 4)
+        assert [r0 for r0, _ in pieces] == [sum(r for _, r in pieces[:i]) for i in range(len(pieces))]
+        rows = [r for _, r in pieces]
+        assert sum(rows) == th and len(set(rows[:-1])) <= 1 and rows[-1] <= rows[0]  # equal, the last one shorter
+        row_bytes = 36 * n * tw * c * 4
+        assert all(r * row_bytes <= 16 * 2 ** 20 + row_bytes for r in rows)  # near the limit (one row at least)

@@ -58,10 +58,11 @@ _AT = ((1, 1, 1, 1, 1, 0),
        (0, 1, -1, 8, -8, 1))
 _M, _ALPHA = 4, 6  # output tile, input tile
 
-# transient tile tensors above this size are split over the batch: glibc serves blocks below its mmap threshold
-# (32 MiB with util.fast_paths.tune_cpu_allocator) from the heap, where 18 MiB tiles between long-lived activations
-# fragmented it (peak RSS varied by 0.4 GiB between identical runs)
-_CHUNK_BYTES = 16 * 2 ** 20
+# tile tensors are computed a few tile rows at a time, each piece near this size: transient blocks the heap reuses
+# (below glibc's mmap threshold, no page faults) and that stay in cache between the transforms and the products.
+# Layer forward + backward at (2, 256, 66, 66), channels-last, 2 cores: 1 MiB 69 ms, 2 MiB 62, 4 MiB 59, 8 MiB 59,
+# 16 MiB 69, one piece 69 ms; at (2, 256, 130, 130): 1-16 MiB 218-253 ms, one piece (3 x 32 MiB) 284 ms
+_CHUNK_BYTES = 4 * 2 ** 20
 
 _MATS: Dict[Tuple[torch.dtype, torch.device], Tuple[Tensor, Tensor, Tensor]] = {}
 
@@ -92,45 +93,68 @@ def _weights(w: Tensor) -> Tensor:
     return (kg @ w.reshape(k * c, 9).t()).view(_ALPHA * _ALPHA, k, c).transpose(1, 2)
 
 
-def _untile(m: Tensor, n: int, th: int, tw: int, channels_last: bool) -> Tensor:
-    """Products ``(36, N*th*tw, K)`` -> output ``(N, K, 4*th, 4*tw)`` in the requested memory format."""
-    k = m.shape[-1]
+def _out_view(y: Tensor, r0: int, rows: int, tw: int) -> Tensor:
+    """Rows ``4*r0 .. 4*(r0+rows)`` of the output ``y`` ``(N, K, H, W)`` (either memory format) as a writable view
+    ``(N, rows, 4, tw, 4, K)`` (tile row, row in tile, tile column, column in tile, channel)."""
+    n, k = y.shape[:2]
+    sn, sk, sh, sw = y.stride()
+    return y.as_strided((n, rows, _M, tw, _M, k), (sn, _M * sh, sh, _M * sw, sw, sk),
+                        y.storage_offset() + _M * r0 * sh)
+
+
+def _untile_into(m: Tensor, y: Tensor, r0: int, rows: int, tw: int) -> None:
+    """Output transform of the products ``(36, N*rows*tw, K)`` of tile rows ``r0 .. r0+rows``, written into ``y``."""
+    n, k = y.shape[:2]
     ka = _kron_matrices(m.dtype, m.device)[2]
-    y = (ka @ m.reshape(_ALPHA * _ALPHA, -1)).view(_M, _M, n, th, tw, k)
-    if channels_last:
-        return y.permute(2, 3, 0, 4, 1, 5).reshape(n, th * _M, tw * _M, k).permute(0, 3, 1, 2)
-    return y.permute(2, 5, 3, 0, 4, 1).reshape(n, k, th * _M, tw * _M)
+    t = (ka @ m.reshape(_ALPHA * _ALPHA, -1)).view(_M, _M, n, rows, tw, k)
+    _out_view(y, r0, rows, tw).copy_(t.permute(2, 3, 0, 4, 1, 5))
 
 
-def _tile_grad(gy: Tensor, th: int, tw: int) -> Tensor:
-    """Transpose of :func:`_untile`: output gradient ``(N, K, 4*th, 4*tw)`` -> ``(36, N*th*tw, K)``."""
+def _tile_grad(gy: Tensor, r0: int, rows: int, tw: int) -> Tensor:
+    """Transpose of :func:`_untile_into`: output gradient rows of tile rows ``r0 .. r0+rows`` -> ``(36, T, K)``."""
     n, k = gy.shape[:2]
     ka = _kron_matrices(gy.dtype, gy.device)[2]
-    g = gy.view(n, k, th, _M, tw, _M).permute(3, 5, 0, 2, 4, 1).reshape(_M * _M, n * th * tw * k)
-    return (ka.t() @ g).view(_ALPHA * _ALPHA, n * th * tw, k)
+    g = _out_view(gy, r0, rows, tw).permute(2, 4, 0, 1, 3, 5).reshape(_M * _M, n * rows * tw * k)
+    return (ka.t() @ g).view(_ALPHA * _ALPHA, n * rows * tw, k)
 
 
-def _untile_input_grad(gv: Tensor, n: int, c: int, th: int, tw: int, channels_last: bool) -> Tensor:
-    """Transpose of :func:`_tiles`: ``(36, N*th*tw, C)`` -> input gradient ``(N, C, 4*th + 2, 4*tw + 2)``
-    (overlapping tiles are summed)."""
+def _add_tiles_into(gv: Tensor, gx: Tensor, r0: int, rows: int, tw: int) -> None:
+    """Transpose of :func:`_tiles`: add the input-tile gradients ``(36, N*rows*tw, C)`` of tile rows ``r0 ..
+    r0+rows`` into ``gx`` ``(N, Hp, Wp, C)`` (contiguous, NHWC). Neighbouring 6x6 tiles overlap by 2 pixels; the
+    tile is added in four parts (rows 0-3 / 4-5 x columns 0-3 / 4-5), none of which overlaps itself."""
+    n, _, wp, c = gx.shape
     kb = _kron_matrices(gv.dtype, gv.device)[0]
-    gd = (kb.t() @ gv.reshape(_ALPHA * _ALPHA, -1)).view(_ALPHA, _ALPHA, n, th, tw, c)
-    h, w = _M * th + 2, _M * tw + 2
-    out = gv.new_zeros(n, h, w, c)  # NHWC: every strided add below is over whole channel vectors
-    for a in range(_ALPHA):
-        for b in range(_ALPHA):
-            out[:, a:a + _M * th:_M, b:b + _M * tw:_M, :] += gd[a, b]
-    out = out.permute(0, 3, 1, 2)
-    return out if channels_last else out.contiguous()
+    gd = (kb.t() @ gv.reshape(_ALPHA * _ALPHA, -1)).view(_ALPHA, _ALPHA, n, rows, tw, c)
+    sn, sh, sw, _ = gx.stride()
+    for a0, la in ((0, _M), (_M, _ALPHA - _M)):
+        for b0, lb in ((0, _M), (_M, _ALPHA - _M)):
+            part = gx.as_strided((n, rows, la, tw, lb, c), (sn, _M * sh, sh, _M * sw, sw, 1),
+                                 gx.storage_offset() + (_M * r0 + a0) * sh + b0 * sw)
+            part += gd[a0:a0 + la, b0:b0 + lb].permute(2, 3, 0, 4, 1, 5)
+
+
+def _row_chunks(n: int, th: int, tw: int, channels: int, itemsize: int):
+    """``(first tile row, rows)`` pieces whose tile tensors ``(36, N*rows*tw, channels)`` stay near
+    ``_CHUNK_BYTES``, of equal size."""
+    total = _ALPHA * _ALPHA * n * th * tw * channels * itemsize
+    pieces = min(th, max(1, -(-total // _CHUNK_BYTES)))
+    per = -(-th // pieces)
+    return [(r0, min(per, th - r0)) for r0 in range(0, th, per)]
 
 
 class _Winograd3x3(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, w: Tensor) -> Tensor:
         n, c, hp, wp = x.shape
+        k = w.shape[0]
         th, tw = (hp - 2) // _M, (wp - 2) // _M
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        y = _untile(torch.bmm(_tiles(x, th, tw), _weights(w)), n, th, tw, channels_last)
+        y = torch.empty((n, k, _M * th, _M * tw), dtype=x.dtype, device=x.device,
+                        memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        wt = _weights(w)
+        for r0, rows in _row_chunks(n, th, tw, max(c, k), x.element_size()):
+            xs = x[:, :, _M * r0:_M * (r0 + rows) + 2]
+            _untile_into(torch.bmm(_tiles(xs, rows, tw), wt), y, r0, rows, tw)
         ctx.save_for_backward(x, w)
         ctx.geometry = (n, c, th, tw, channels_last)
         return y
@@ -139,16 +163,25 @@ class _Winograd3x3(torch.autograd.Function):
     def backward(ctx, gy: Tensor):
         x, w = ctx.saved_tensors
         n, c, th, tw, channels_last = ctx.geometry
-        gm = _tile_grad(gy, th, tw)  # (36, T, K)
-        gx = gw = None
-        if ctx.needs_input_grad[0]:
-            gv = torch.bmm(gm, _weights(w).transpose(1, 2))  # (36, T, C)
-            gx = _untile_input_grad(gv, n, c, th, tw, channels_last)
-        if ctx.needs_input_grad[1]:
-            gu = torch.bmm(_tiles(x, th, tw).transpose(1, 2), gm)  # (36, C, K)
-            k = gu.shape[-1]
+        k = w.shape[0]
+        need_x, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        wt_t = _weights(w).transpose(1, 2) if need_x else None  # (36, K, C)
+        gx = x.new_zeros((n, _M * th + 2, _M * tw + 2, c)) if need_x else None  # NHWC: adds over channel vectors
+        gu = None  # (36, C, K), summed over the chunks
+        for r0, rows in _row_chunks(n, th, tw, max(c, k), x.element_size()):
+            gm = _tile_grad(gy, r0, rows, tw)  # (36, T, K)
+            if need_x:
+                _add_tiles_into(torch.bmm(gm, wt_t), gx, r0, rows, tw)
+            if need_w:
+                t = _tiles(x[:, :, _M * r0:_M * (r0 + rows) + 2], rows, tw).transpose(1, 2)
+                gu = torch.bmm(t, gm) if gu is None else gu.baddbmm_(t, gm)
+        gw = None
+        if need_w:
             kg = _kron_matrices(w.dtype, w.device)[1]
             gw = (kg.t() @ gu.reshape(_ALPHA * _ALPHA, c * k)).view(3, 3, c, k).permute(3, 2, 0, 1).contiguous()
+        if need_x:
+            gx = gx.permute(0, 3, 1, 2)
+            gx = gx if channels_last else gx.contiguous()
         return gx, gw
 
 
@@ -183,12 +216,7 @@ def winograd_conv3x3(x: Tensor, weight: Tensor, bias: Tensor | None = None, padd
     extra_h, extra_w = _M * th - ho, _M * tw - wo
     if extra_h or extra_w:
         x = F.pad(x, (0, extra_w, 0, extra_h))
-    tile_bytes = _ALPHA * _ALPHA * x.shape[0] * th * tw * max(x.shape[1], weight.shape[0]) * x.element_size()
-    if x.shape[0] > 1 and tile_bytes > _CHUNK_BYTES:  # a few images at a time: transient tiles below the threshold
-        per = max(1, int(x.shape[0] * _CHUNK_BYTES // tile_bytes))
-        y = torch.cat([_Winograd3x3.apply(part, weight) for part in x.split(per)], 0)
-    else:
-        y = _Winograd3x3.apply(x, weight)
+    y = _Winograd3x3.apply(x, weight)
     if bias is not None:
         y = y + bias.view(1, -1, 1, 1)
     if extra_h or extra_w:  # crop the partial tiles, back to a dense tensor in the input's layout
