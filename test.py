@@ -109,6 +109,7 @@ def _test(argv: Optional[Sequence[str]]) -> int:
     from util.fileio import sha256_file
     from util.image_io import save_png, tensor_to_uint8
     from util.result_page import add_result_row, start_result_page
+    from util.threads import rebalance
     from util.logging_setup import setup_logging
     from util.errors import OptionError
     from util.results_run import (ResultsStaging, check_unique_stems, describe_existing, output_flags,
@@ -192,6 +193,7 @@ def _test(argv: Optional[Sequence[str]]) -> int:
                         break
                     model.set_input(batch)
                     model.test()
+                    rebalance()  # fewer intra-op threads while other jobs use cores (util/threads.py)
                     visuals = model.get_current_visuals()
                     paths = model.get_image_paths()
                     for b in range(len(paths)):
@@ -250,7 +252,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point. ``argv`` defaults to ``sys.argv[1:]``; returns the exit status (2 on bad input)."""
     from util.threads import configure_threads
 
-    configure_threads()  # before anything imports torch: OpenMP wait policy, torchrun threads (util/threads.py)
+    configure_threads(cli=argv is None)  # before torch is imported: allocator, threads (util/threads.py)
     from util.logging_setup import run_cli
 
     return run_cli(_test, sys.argv[1:] if argv is None else argv, prog="test.py")

@@ -173,6 +173,7 @@ def _loop(opt, info, exp: Path) -> int:
 
     t_start = time.time()
     from util.progress import ProgressReporter
+    from util.threads import rebalance
 
     progress = ProgressReporter(start_epoch, last_epoch, len(loader), opt.progress_interval,
                                 enabled=None if info.is_main else False)
@@ -197,6 +198,7 @@ def _loop(opt, info, exp: Path) -> int:
             if opt.channels_last:
                 model.inputs_to_channels_last()  # on the device, after the (pinned, non-blocking) copy
             model.train_step()
+            rebalance()  # fewer intra-op threads while other jobs use cores (util/threads.py)
             guard.record(epoch, total_iters)  # CPU: checks now; CUDA: device-side flag, checked below
             if total_iters % opt.display_freq < n:
                 guard.check()
@@ -243,7 +245,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     state is written), 130 interrupted (Ctrl-C; the line names the last complete checkpoint set)."""
     from util.threads import configure_threads
 
-    configure_threads()  # before anything imports torch: OpenMP wait policy, torchrun threads (util/threads.py)
+    configure_threads(cli=argv is None)  # before torch is imported: allocator, threads (util/threads.py)
     from util.errors import NonFiniteLossError
     from util.logging_setup import run_cli
 

@@ -40,6 +40,7 @@ from tqdm import tqdm
 from util.checkpoint import load_checkpoint
 from util.errors import OptionError
 from util.image_io import read_rgb_uint8
+from util.threads import rebalance
 
 log = logging.getLogger(__name__)
 PathLike = Union[str, os.PathLike]
@@ -205,6 +206,7 @@ def extract_features(paths: Sequence[PathLike], model: Callable[[torch.Tensor], 
         for arr in _batches(paths, batch_size):
             x = torch.from_numpy(arr).to(device).permute(0, 3, 1, 2).float().div_(255.0)
             y = model(x)
+            rebalance()  # fewer intra-op threads while other jobs use cores (util/threads.py)
             if isinstance(y, (list, tuple)):
                 y = y[0]
             if y.dim() == 4 and y.shape[2:] != (1, 1):

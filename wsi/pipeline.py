@@ -35,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from util.errors import OptionError
+from util.threads import rebalance
 from wsi import writer as W
 from wsi.reader import MPP_TOLERANCE, SlideMPPError, SlideReader, choose_level, open_slide
 from wsi.tiling import TileGrid, validate_tiling
@@ -268,6 +269,7 @@ def run_generator(generator: Generator, dataset: TileDataset, grid: TileGrid, bl
             x = x.to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
             with _autocast(device, s.precision):
                 y = generator(x)
+            rebalance()  # fewer intra-op threads while other jobs use cores (util/threads.py)
             if y.shape != x.shape:
                 raise OptionError(f"the generator maps {tuple(x.shape)} to {tuple(y.shape)}; stain_slide needs a "
                                   "3-channel output of the input's size")
