@@ -276,7 +276,7 @@ def run(opt: argparse.Namespace) -> List[dict]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from util.threads import configure_threads
 
-    configure_threads()  # before anything imports torch: OpenMP wait policy, torchrun threads (util/threads.py)
+    configure_threads(cli=argv is None)  # before torch is imported: allocator, threads (util/threads.py)
     from util.logging_setup import run_cli
 
     opt = build_parser().parse_args(argv)

@@ -154,7 +154,7 @@ def output_for(inputs: Sequence[Path], input_arg: Path, output: Path) -> List[Tu
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from util.threads import configure_threads
 
-    configure_threads()  # before anything imports torch: OpenMP wait policy, torchrun threads (util/threads.py)
+    configure_threads(cli=argv is None)  # before torch is imported: allocator, threads (util/threads.py)
     opt = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from util.logging_setup import run_cli

@@ -9,7 +9,7 @@
     python scripts/bench_train.py ... --readme README.md            # table between <!-- bench:start/end -->
     python scripts/bench_train.py --models classic,pyramidpix2pix --reference ~/BCI   # + the authors' release
     python scripts/bench_train.py --models pyramidpix2pix --options channels_last+winograd --concurrent 2 \
-        --policies passive,libgomp                                  # two trainings at once vs one alone
+        --policies adaptive,libgomp                                 # two trainings at once vs one alone
 
 Every configuration runs in a fresh subprocess (peak memory of that configuration alone: CPU peak RSS from
 ``resource.getrusage``, GPU ``torch.cuda.max_memory_allocated``) on synthetic inputs in [-1, 1], through the same
@@ -161,6 +161,7 @@ def run_worker(args) -> dict:
     import models
     import options
     from util import distributed
+    from util.threads import rebalance
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -210,7 +211,9 @@ def run_worker(args) -> dict:
             if opt.channels_last:
                 model.inputs_to_channels_last()
             model.train_step()
+            rebalance()  # as train.py does after every step (a no-op unless the thread count adapts)
 
+        thread_counts = []
         for i in range(args.warmup + args.steps):
             sync()
             t0, c0 = time.perf_counter(), time.process_time()
@@ -222,6 +225,7 @@ def run_worker(args) -> dict:
             if i >= args.warmup:
                 times.append(dt)
                 cpu_times.append(time.process_time() - c0)
+                thread_counts.append(torch.get_num_threads())
         profile = _profile_table(one_step, args.profile) if args.profile else None
         losses = ({"G": float(model.loss_G), "D": float(model.loss_D)} if classic
                   else model.get_current_losses())
@@ -231,7 +235,8 @@ def run_worker(args) -> dict:
                 "peak_rss_mib": _peak_rss_mib(),
                 "peak_cuda_mib": (torch.cuda.max_memory_allocated(device) / 2 ** 20) if device.type == "cuda" else None,
                 "finite": all(v == v and abs(v) != float("inf") for v in losses.values()),
-                "threads": torch.get_num_threads(), "rank": info.rank, "profile": profile}
+                "threads": torch.get_num_threads(), "thread_counts": thread_counts, "rank": info.rank,
+                "profile": profile}
     finally:
         distributed.cleanup()
 
@@ -345,11 +350,15 @@ def _worker_cmd(args, model_key: str, size: int, option: str) -> List[str]:
     return [sys.executable, *base]
 
 
-# wait policies of --concurrent: environment changes of the benchmark processes (see util/threads.py)
+# thread policies of --concurrent: environment changes of the benchmark processes (see util/threads.py)
 POLICIES = {
-    "passive": {"OMP_WAIT_POLICY": "PASSIVE"},  # this project's default (configure_threads)
-    "libgomp": {"VIRTUAL_IHC_THREAD_DEFAULTS": "0", "OMP_WAIT_POLICY": None},  # the OpenMP library's default
-    "active": {"OMP_WAIT_POLICY": "ACTIVE"},  # threads always spin
+    # this project's default: libgomp's wait policy, intra-op threads adapted to the other jobs (rebalance)
+    "adaptive": {"OMP_WAIT_POLICY": None, "OMP_NUM_THREADS": None, "VIRTUAL_IHC_THREAD_DEFAULTS": None},
+    # the OpenMP library's default, a fixed thread count (as the authors' release runs)
+    "libgomp": {"VIRTUAL_IHC_THREAD_DEFAULTS": "0", "OMP_WAIT_POLICY": None},
+    # waiting threads sleep at once, fixed thread count (this project's default before the adaptive count)
+    "passive": {"VIRTUAL_IHC_THREAD_DEFAULTS": "0", "OMP_WAIT_POLICY": "PASSIVE"},
+    "active": {"VIRTUAL_IHC_THREAD_DEFAULTS": "0", "OMP_WAIT_POLICY": "ACTIVE"},  # threads always spin
 }
 _USER_ENV: dict = {}  # the environment before configure_threads(): the release-style rows run in it
 
@@ -359,8 +368,9 @@ def _child_env(model_key: str, env_extra: Optional[dict] = None) -> dict:
     no thread defaults of this project), every other configuration with them; ``env_extra`` maps a name to a
     value or None (removed)."""
     base = dict(_USER_ENV or os.environ)
-    if model_key == "classic":
+    if model_key == "classic":  # glibc malloc and libgomp's defaults, as the release runs
         base["VIRTUAL_IHC_THREAD_DEFAULTS"] = "0"
+        base["VIRTUAL_IHC_ALLOCATOR"] = "system"
     env = dict(base, PYTHONPATH=str(REPO))
     for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(k, None)
@@ -415,7 +425,7 @@ def _run_config(args, model_key: str, size: int, option: str, env_extra: Optiona
 
 
 def run_concurrent(args, model_key: str, size: int, option: str, n: int, policy: str) -> dict:
-    """The shared-machine measurement of one configuration under one wait policy (:data:`POLICIES`): one process
+    """The shared-machine measurement of one configuration under one thread policy (:data:`POLICIES`): one process
     alone, then ``n`` identical processes started together. Returns ``{"solo": run, "together": [run, ...]}``
     (runs as :func:`_run_config` returns them)."""
     env = POLICIES[policy]
@@ -436,7 +446,8 @@ def summarize_concurrent(groups: List[dict]) -> List[dict]:
         key = (g["model"], g["size"], g["option"], g["policy"], g["n"])
         row = out.setdefault(key, {"model": g["model"], "size": g["size"], "option": g["option"],
                                    "policy": g["policy"], "n": g["n"], "solo": [], "together": [], "ratios": [],
-                                   "solo_cpu": [], "together_cpu": [], "errors": []})
+                                   "solo_cpu": [], "together_cpu": [], "errors": [], "solo_threads": set(),
+                                   "together_threads": set()})
         bad = [r["error"] for r in [g["solo"], *g["together"]] if "error" in r]
         if bad:
             row["errors"] += bad
@@ -444,7 +455,9 @@ def summarize_concurrent(groups: List[dict]) -> List[dict]:
         solo = statistics.median(g["solo"]["times"])
         row["solo"].append(solo)
         row["solo_cpu"].append(statistics.median(g["solo"]["cpu_times"]))
+        row["solo_threads"].update(g["solo"].get("thread_counts") or [g["solo"].get("threads")])
         for r in g["together"]:
+            row["together_threads"].update(r.get("thread_counts") or [r.get("threads")])
             t = statistics.median(r["times"])
             row["together"].append(t)
             row["together_cpu"].append(statistics.median(r["cpu_times"]))
@@ -465,20 +478,30 @@ def summarize_concurrent(groups: List[dict]) -> List[dict]:
     return rows
 
 
+def _counts(values) -> str:
+    """Thread counts seen in the timed steps, e.g. ``1-2`` or ``2``."""
+    vals = sorted(v for v in values if v is not None)
+    if not vals:
+        return "?"
+    return str(vals[0]) if vals[0] == vals[-1] else f"{vals[0]}-{vals[-1]}"
+
+
 def concurrent_markdown(rows: List[dict], header: str) -> str:
     lines = [header, "",
-             "| model | size | option | OpenMP wait | solo step (s) | step with N together (s) | ratio to solo "
-             "(median, worst) | together vs fastest solo | CPU s/step solo / together |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| model | size | option | threads | solo step (s) | step with N together (s) | ratio to solo "
+             "(median, worst) | together vs fastest solo | CPU s/step solo / together | intra-op threads solo / "
+             "together |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if not r["ratios"]:
             lines.append(f"| {r['model']} | {r['size']} | {r['option']} | {r['policy']} | failed: "
-                         f"{(r['errors'] or ['?'])[-1][:80]} | | | | |")
+                         f"{(r['errors'] or ['?'])[-1][:80]} | | | | | |")
             continue
         lines.append(f"| {r['model']} | {r['size']} | {r['option']} | {r['policy']} | {r['solo_s']:.3f} | "
                      f"{r['n']} x {r['together_s']:.3f} | {r['median_ratio']:.2f}x, {r['worst']:.2f}x | "
                      f"{r['vs_best_solo']:.2f}x | "
-                     f"{r['solo_cpu_s']:.2f} / {r['together_cpu_s']:.2f} |")
+                     f"{r['solo_cpu_s']:.2f} / {r['together_cpu_s']:.2f} | {_counts(r['solo_threads'])} / "
+                     f"{_counts(r['together_threads'])} |")
     return "\n".join(lines) + "\n"
 
 
@@ -618,10 +641,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrent", type=int, default=0, metavar="N",
                    help="shared-machine test: per configuration and --policies entry, one process alone, then N\n"
                         "identical processes started together; reports each one's step as a ratio to the solo step")
-    p.add_argument("--policies", default="passive,libgomp",
-                   help=f"with --concurrent: OpenMP wait policies to compare, from {', '.join(POLICIES)}\n"
-                        "(passive: this project's default; libgomp: the library's default spin-then-sleep,\n"
-                        "as the authors' release runs; active: always spin)")
+    p.add_argument("--policies", default="adaptive,libgomp",
+                   help=f"with --concurrent: thread policies to compare, from {', '.join(POLICIES)}\n"
+                        "(adaptive: this project's default, libgomp's wait policy and an intra-op thread count\n"
+                        "that gives way to other jobs; libgomp: the library's defaults with a fixed thread count,\n"
+                        "as the authors' release runs; passive: waiting threads sleep at once; active: always spin)")
     # internal: one configuration
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model_key", help=argparse.SUPPRESS)
@@ -726,7 +750,7 @@ def _main_concurrent(args, configs, policies: List[str], t0: float) -> int:
     for rep in range(args.repeats):
         for m, s, o in configs:
             for pol in policies:
-                log.info("repeat %d/%d: %s %d px %s, wait policy %s: alone, then %d together", rep + 1, args.repeats,
+                log.info("repeat %d/%d: %s %d px %s, thread policy %s: alone, then %d together", rep + 1, args.repeats,
                          m, s, o, pol, args.concurrent)
                 g = run_concurrent(args, m, s, o, args.concurrent, pol)
                 for r in [g["solo"], *g["together"]]:
@@ -750,11 +774,13 @@ def _main_concurrent(args, configs, policies: List[str], t0: float) -> int:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns 0, or 2 with one stderr line on bad options or files."""
+    from util.allocator import reexec_with_tcmalloc
     from util.threads import configure_threads
 
+    reexec_with_tcmalloc(argv is None)  # first: the restarted process gets the user's LD_PRELOAD back
     if not _USER_ENV:
         _USER_ENV.update(os.environ)  # before configure_threads(): the release-style rows run in the user's env
-    configure_threads()  # before anything imports torch: OpenMP wait policy, torchrun threads (util/threads.py)
+    configure_threads(cli=argv is None)  # before torch is imported: allocator, threads (util/threads.py)
     from util.logging_setup import run_cli
 
     return run_cli(_main, sys.argv[1:] if argv is None else argv)

@@ -118,7 +118,7 @@ def child(a) -> dict:
 def main(argv=None) -> int:
     from util.threads import configure_threads
 
-    configure_threads()  # before anything imports torch: OpenMP wait policy, torchrun threads (util/threads.py)
+    configure_threads(cli=argv is None)  # before torch is imported: allocator, threads (util/threads.py)
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096], help="synthetic slide sides, px")
     p.add_argument("--netG", default="resnet_9blocks")

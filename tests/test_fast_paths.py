@@ -330,13 +330,13 @@ def test_bench_reference_folder_without_the_release_is_refused(tmp_path, capsys)
 
 def test_bench_concurrent_ratios_and_environments():
     # each process's median step over the solo median of the same group; the worst ratio over processes and repeats
-    def run(times, cpu=1.0):
-        return {"times": times, "cpu_times": [cpu] * len(times)}
+    def run(times, cpu=1.0, threads=2):
+        return {"times": times, "cpu_times": [cpu] * len(times), "thread_counts": [threads] * len(times)}
 
     groups = [{"model": "pyramidpix2pix", "size": 256, "option": "eager", "policy": "passive", "n": 2,
                "solo": run([2.0, 2.0, 9.0]), "together": [run([4.0, 4.2]), run([5.0])]},
               {"model": "pyramidpix2pix", "size": 256, "option": "eager", "policy": "passive", "n": 2,
-               "solo": run([3.0]), "together": [run([6.0]), run([6.3])]},
+               "solo": run([3.0]), "together": [run([6.0], threads=1), run([6.3])]},
               {"model": "pyramidpix2pix", "size": 256, "option": "eager", "policy": "libgomp", "n": 2,
                "solo": run([2.0]), "together": [run([10.0]), {"error": "exit 1: boom"}]}]
     rows = {r["policy"]: r for r in bench_train.summarize_concurrent(groups)}
@@ -346,6 +346,7 @@ def test_bench_concurrent_ratios_and_environments():
     assert rows["libgomp"]["errors"] == ["exit 1: boom"] and not rows["libgomp"]["ratios"]
     table = bench_train.concurrent_markdown(list(rows.values()), "h")
     assert "2.08x, 2.50x" in table and "failed: exit 1: boom" in table
+    assert "| 2 / 1-2 |" in table  # intra-op threads of the timed steps: solo / together
     # against the fastest solo step of any policy: a slow solo (spinning under load) does not flatter the pair
     groups.append(dict(groups[0], policy="active", solo=run([10.0]), together=[run([12.0]), run([14.0])]))
     rows = {r["policy"]: r for r in bench_train.summarize_concurrent(groups)}
@@ -355,5 +356,8 @@ def test_bench_concurrent_ratios_and_environments():
     env = bench_train._child_env("pyramidpix2pix", bench_train.POLICIES["libgomp"])
     assert env["VIRTUAL_IHC_THREAD_DEFAULTS"] == "0" and "OMP_WAIT_POLICY" not in env
     assert bench_train._child_env("pyramidpix2pix", bench_train.POLICIES["active"])["OMP_WAIT_POLICY"] == "ACTIVE"
+    # this project's default: no wait policy, no fixed thread count, thread defaults on (the count adapts)
+    env = bench_train._child_env("pyramidpix2pix", bench_train.POLICIES["adaptive"])
+    assert not {"OMP_WAIT_POLICY", "OMP_NUM_THREADS", "VIRTUAL_IHC_THREAD_DEFAULTS"} & set(env)
     assert bench_train._child_env("classic")["VIRTUAL_IHC_THREAD_DEFAULTS"] == "0"
     assert "VIRTUAL_IHC_THREAD_DEFAULTS" not in bench_train._child_env("pyramidpix2pix")

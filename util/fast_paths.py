@@ -53,7 +53,8 @@ def tune_cpu_allocator() -> bool:
     """Make glibc's ``malloc`` keep freed activation memory for the next training step: blocks up to 32 MiB come
     from the heap (``M_MMAP_THRESHOLD`` 32 MiB, which also stops glibc's adaptive threshold), the heap is not
     trimmed below 2 GiB of free top (``M_TRIM_THRESHOLD``) and grows 64 MiB at a time (``M_TOP_PAD``); see
-    mallopt(3). Returns whether the settings were applied.
+    mallopt(3). Returns whether the settings were applied (False when TCMalloc replaces glibc's malloc,
+    :mod:`util.allocator`).
 
     With glibc's defaults a training step that allocates and frees gigabytes of activations returns much of it to
     the kernel and pays a page fault plus page clearing per 4 KiB on the next step: 3.7 million minor faults in 30
@@ -65,7 +66,11 @@ def tune_cpu_allocator() -> bool:
     if _ALLOCATOR_TUNED:
         return _ALLOCATOR_TUNED[0]
     ok = False
-    if platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
+    from util.allocator import tcmalloc_in_use
+
+    if tcmalloc_in_use():  # util/allocator.py: glibc's malloc is not the one in use
+        log.debug("glibc malloc not tuned: TCMalloc is in use")
+    elif platform.system() == "Linux" and platform.libc_ver()[0] == "glibc":
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
         ok = all(libc.mallopt(param, value) == 1 for param, value in (
             (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, _TRIM_THRESHOLD), (_M_TOP_PAD, _TOP_PAD)))
