@@ -38,6 +38,9 @@ def _train(argv: Optional[Sequence[str]]) -> int:
 
     opt = options.parse_train(argv)
     setup_logging(opt.verbose)
+    if opt.fast_cpu_applied:
+        log.info("--fast_cpu on (CPU float32 training): %s; --fast_cpu off keeps direct NCHW convolutions",
+                 " ".join(opt.fast_cpu_applied))
     info = distributed.init_from_env(opt)
     if not info.is_main:  # one log for the whole job: the other processes only report problems
         logging.getLogger().setLevel(logging.WARNING)

@@ -90,6 +90,10 @@ def parse(argv: Optional[Sequence[str]] = None, is_train: bool = True) -> argpar
     if checker is not None:
         checker(opt)
     opt.device = _device(opt.gpu_ids)
+    if is_train:
+        from options.train_options import resolve_fast_cpu
+
+        resolve_fast_cpu(opt)
     return opt
 
 

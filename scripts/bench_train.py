@@ -70,9 +70,9 @@ MODELS = {
     "fastcut": ["--model", "cut", "--CUT_mode", "FastCUT"],
     "asp": ["--model", "asp"],
 }
+# every configuration names its speed flags explicitly (--fast_cpu off); "default" is train.py with no speed flags
 OPTION_FLAGS = {"eager": [], "fp32": [], "channels_last": ["--channels_last"], "compile": ["--compile"],
-                "winograd": ["--winograd"],
-                "bf16": ["--amp", "bf16"], "fp16": ["--amp", "fp16"]}
+                "winograd": ["--winograd"], "bf16": ["--amp", "bf16"], "fp16": ["--amp", "fp16"], "default": []}
 MARK_START, MARK_END = "<!-- bench:start -->", "<!-- bench:end -->"
 
 
@@ -86,7 +86,7 @@ def option_flags(option: str) -> List[str]:
             raise OptionError(f"--options: unknown option {token!r} in {option!r}; valid: {', '.join(OPTION_FLAGS)} "
                               "joined with '+'")
         flags += OPTION_FLAGS[token]
-    return flags
+    return flags if option == "default" else ["--fast_cpu", "off", *flags]
 
 
 # ------------------------------------------------------------------------------------------------ worker (one config)

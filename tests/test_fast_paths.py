@@ -123,7 +123,8 @@ def test_test_batches_of_same_size_and_amp(sample_bci, trained, tmp_path):
 
 
 def test_bench_option_parsing_summary_and_readme(tmp_path):
-    assert bench_train.option_flags("channels_last+bf16") == ["--channels_last", "--amp", "bf16"]
+    assert bench_train.option_flags("channels_last+bf16") == ["--fast_cpu", "off", "--channels_last", "--amp", "bf16"]
+    assert bench_train.option_flags("default") == []  # train.py's own defaults (--fast_cpu on)
     with pytest.raises(OptionError, match="fast"):
         bench_train.option_flags("fast")
     runs = [{"model": "pyramidpix2pix_L1", "size": 256, "option": "eager", "batch": 2, "times": t,
