@@ -616,8 +616,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="pyramidpix2pix,pyramidpix2pix_L1",
                    help=f"comma-separated, from {', '.join(MODELS)}")
     p.add_argument("--sizes", default="256", help="comma-separated square image sizes in px (e.g. 256,512,1024)")
-    p.add_argument("--options", default="eager,channels_last",
-                   help="comma-separated; each 'eager' or '+'-joined channels_last, compile, bf16, fp16")
+    p.add_argument("--options", default="eager,default",
+                   help="comma-separated; each 'default' (train.py's own defaults: --fast_cpu on), 'eager' (--fast_cpu\n"
+                        "off, no speed option) or '+'-joined channels_last, winograd, compile, bf16, fp16 (with\n"
+                        "--fast_cpu off)")
     p.add_argument("--steps", type=int, default=3, help="timed steps per run (median kept)")
     p.add_argument("--warmup", type=int, default=1, help="untimed steps first (use >= 2 with compile)")
     p.add_argument("--repeats", type=int, default=1, help="interleaved repetitions of every configuration")

@@ -194,9 +194,20 @@ def test_winograd_on_cuda_device_only_warns(caplog):
     assert "no effect under --amp bf16" in caplog.text
 
 
-def test_option_is_parsed():
-    assert options.parse_train(["--dataroot", "x", "--winograd"]).winograd is True
-    assert options.parse_train(["--dataroot", "x"]).winograd is False
+def test_option_is_parsed_and_on_by_default_for_cpu_float32_training():
+    """--fast_cpu on (default): CPU float32 training gets --channels_last --winograd; --fast_cpu off, --amp and
+    --compile keep the flags as given (issue 19)."""
+    opt = options.parse_train(["--dataroot", "x", "--gpu_ids", "-1"])
+    assert opt.winograd is True and opt.channels_last is True
+    assert opt.fast_cpu_applied == ["--channels_last", "--winograd"]
+    opt = options.parse_train(["--dataroot", "x", "--gpu_ids", "-1", "--fast_cpu", "off"])
+    assert opt.winograd is False and opt.channels_last is False and opt.fast_cpu_applied == []
+    assert options.parse_train(["--dataroot", "x", "--fast_cpu", "off", "--winograd"]).winograd is True
+    for extra in (["--amp", "bf16"], ["--compile"]):
+        opt = options.parse_train(["--dataroot", "x", "--gpu_ids", "-1", *extra])
+        assert opt.winograd is False and opt.channels_last is False
+    opt = options.parse_train(["--dataroot", "x", "--gpu_ids", "-1", "--channels_last"])  # given: not "applied"
+    assert opt.fast_cpu_applied == ["--winograd"]
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
