@@ -3,13 +3,18 @@
     python scripts/bench_train.py                                   # small default (a few minutes on 2 CPU cores)
     python scripts/bench_train.py --models pyramidpix2pix,pyramidpix2pix_L1 --sizes 256,512 \\
         --options eager,channels_last,compile,channels_last+compile --steps 5 --repeats 3 --out bench.md
-    python scripts/bench_train.py --models classic,pyramidpix2pix --options eager,channels_last --repeats 3
+    python scripts/bench_train.py --models classic,pyramidpix2pix --options eager,default --repeats 3  # issue 19
     python scripts/bench_train.py --device cuda --sizes 1024 --options eager,bf16,bf16+channels_last
     python scripts/bench_train.py --device cuda --nproc 2 ...       # DDP through torchrun, images/s of the job
     python scripts/bench_train.py ... --readme README.md            # table between <!-- bench:start/end -->
     python scripts/bench_train.py --models classic,pyramidpix2pix --reference ~/BCI   # + the authors' release
-    python scripts/bench_train.py --models pyramidpix2pix --options channels_last+winograd --concurrent 2 \
+    python scripts/bench_train.py --models pyramidpix2pix --options default --concurrent 2 \
         --policies adaptive,libgomp                                 # two trainings at once vs one alone
+
+Options: ``default`` is train.py's own defaults (``--fast_cpu on``: channels-last + Winograd on the CPU); every other
+entry runs with ``--fast_cpu off`` and only the flags it names (``eager``: none). Non-classic rows run with this
+project's process defaults (TCMalloc where present, adapting thread count); ``classic`` and ``--reference`` rows run
+as the release does (glibc ``malloc``, libgomp defaults).
 
 Every configuration runs in a fresh subprocess (peak memory of that configuration alone: CPU peak RSS from
 ``resource.getrusage``, GPU ``torch.cuda.max_memory_allocated``) on synthetic inputs in [-1, 1], through the same

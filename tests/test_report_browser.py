@@ -38,9 +38,19 @@ def browser():
     drv.quit()
 
 
-def _loaded_images(drv):
-    return drv.execute_script(
-        "return Array.from(document.images).map(i => [i.getAttribute('src'), i.complete && i.naturalWidth > 0]);")
+def _loaded_images(drv, timeout: float = 15.0):
+    """``[src, loaded]`` for every image of the page, once all have loaded or ``timeout`` seconds have passed (a
+    loaded CI machine may still be decoding when the load event has fired)."""
+    import time
+
+    script = ("return Array.from(document.images).map(i => [i.getAttribute('src'), "
+              "i.complete && i.naturalWidth > 0]);")
+    deadline = time.monotonic() + timeout
+    imgs = drv.execute_script(script)
+    while not all(ok for _, ok in imgs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+        imgs = drv.execute_script(script)
+    return imgs
 
 
 def _column(drv, col):
