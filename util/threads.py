@@ -124,8 +124,8 @@ def configure_threads(environ: Optional[MutableMapping[str, str]] = None, cli: b
     release-style benchmark), in which case nothing changes (``applied`` False). Logs the decision at DEBUG level.
     Call it at the very start of an entry point's ``main()``, before anything imports torch, with ``cli=argv is
     None``: a command-line process is first restarted with TCMalloc preloaded where the system has it
-    (:func:`util.allocator.reexec_with_tcmalloc`; raises :class:`util.errors.OptionError` on a bad
-    ``VIRTUAL_IHC_ALLOCATOR``)."""
+    (:func:`util.allocator.reexec_with_tcmalloc`; a bad ``VIRTUAL_IHC_ALLOCATOR`` ends the process with one
+    ``<prog>: error:`` line and exit status 2)."""
     if environ is None:
         from util.allocator import reexec_with_tcmalloc
 
