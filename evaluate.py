@@ -276,7 +276,8 @@ def run(opt: argparse.Namespace) -> List[dict]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from util.threads import configure_threads
 
-    configure_threads(cli=argv is None)  # before torch is imported: allocator, threads (util/threads.py)
+    # before torch is imported: allocator (a command, not a main() called from Python), threads (util/threads.py)
+    configure_threads(cli=argv is None and __name__ == "__main__")
     from util.logging_setup import run_cli
 
     opt = build_parser().parse_args(argv)

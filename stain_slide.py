@@ -154,7 +154,8 @@ def output_for(inputs: Sequence[Path], input_arg: Path, output: Path) -> List[Tu
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from util.threads import configure_threads
 
-    configure_threads(cli=argv is None)  # before torch is imported: allocator, threads (util/threads.py)
+    # before torch is imported: allocator (a command, not a main() called from Python), threads (util/threads.py)
+    configure_threads(cli=argv is None and __name__ == "__main__")
     opt = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from util.logging_setup import run_cli

@@ -252,7 +252,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point. ``argv`` defaults to ``sys.argv[1:]``; returns the exit status (2 on bad input)."""
     from util.threads import configure_threads
 
-    configure_threads(cli=argv is None)  # before torch is imported: allocator, threads (util/threads.py)
+    # before torch is imported: allocator (a command, not a main() called from Python), threads (util/threads.py)
+    configure_threads(cli=argv is None and __name__ == "__main__")
     from util.logging_setup import run_cli
 
     return run_cli(_test, sys.argv[1:] if argv is None else argv, prog="test.py")

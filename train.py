@@ -248,7 +248,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     state is written), 130 interrupted (Ctrl-C; the line names the last complete checkpoint set)."""
     from util.threads import configure_threads
 
-    configure_threads(cli=argv is None)  # before torch is imported: allocator, threads (util/threads.py)
+    # before torch is imported: allocator (a command, not a main() called from Python), threads (util/threads.py)
+    configure_threads(cli=argv is None and __name__ == "__main__")
     from util.errors import NonFiniteLossError
     from util.logging_setup import run_cli
 

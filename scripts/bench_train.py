@@ -784,10 +784,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from util.allocator import reexec_with_tcmalloc
     from util.threads import configure_threads
 
-    reexec_with_tcmalloc(argv is None)  # first: the restarted process gets the user's LD_PRELOAD back
+    reexec_with_tcmalloc(argv is None and __name__ == "__main__")  # first: the restarted process gets LD_PRELOAD back
     if not _USER_ENV:
         _USER_ENV.update(os.environ)  # before configure_threads(): the release-style rows run in the user's env
-    configure_threads(cli=argv is None)  # before torch is imported: allocator, threads (util/threads.py)
+    # before torch is imported: allocator (a command, not a main() called from Python), threads (util/threads.py)
+    configure_threads(cli=argv is None and __name__ == "__main__")
     from util.logging_setup import run_cli
 
     return run_cli(_main, sys.argv[1:] if argv is None else argv)

@@ -118,7 +118,8 @@ def child(a) -> dict:
 def main(argv=None) -> int:
     from util.threads import configure_threads
 
-    configure_threads(cli=argv is None)  # before torch is imported: allocator, threads (util/threads.py)
+    # before torch is imported: allocator (a command, not a main() called from Python), threads (util/threads.py)
+    configure_threads(cli=argv is None and __name__ == "__main__")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[2048, 4096], help="synthetic slide sides, px")
     p.add_argument("--netG", default="resnet_9blocks")

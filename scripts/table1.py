@@ -331,7 +331,8 @@ def run(args: argparse.Namespace) -> Tuple[Path, Path]:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     from util.threads import configure_threads
 
-    configure_threads(cli=argv is None)  # before torch is imported: allocator, threads (util/threads.py)
+    # before torch is imported: allocator (a command, not a main() called from Python), threads (util/threads.py)
+    configure_threads(cli=argv is None and __name__ == "__main__")
     from util.logging_setup import setup_logging
 
     from util.logging_setup import run_cli

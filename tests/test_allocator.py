@@ -19,7 +19,8 @@ def test_plan_preloads_tcmalloc_for_a_fresh_linux_process():
     plan = plan_allocator({}, "linux", LIB, torch_imported=False)
     assert plan.preload == LIB
     assert plan_allocator({ALLOCATOR: "tcmalloc"}, "linux", LIB, False).preload == LIB
-    assert plan_allocator({"LD_PRELOAD": "libm.so.6"}, "linux", LIB, False).preload == LIB  # added in front
+    assert plan_allocator({ALLOCATOR: "", "LD_PRELOAD": " "}, "linux", LIB, False).preload == LIB  # empty = auto
+    assert plan_allocator({ALLOCATOR: "TCMalloc"}, "linux", LIB, False).preload == LIB  # any case
 
 
 @pytest.mark.parametrize("environ, platform, library, torch_imported, reason", [
@@ -27,7 +28,8 @@ def test_plan_preloads_tcmalloc_for_a_fresh_linux_process():
     ({PRELOADED: LIB}, "linux", LIB, False, "already restarted"),
     ({}, "darwin", LIB, False, "not Linux"),
     ({}, "linux", None, False, "no TCMalloc"),
-    ({"LD_PRELOAD": "/usr/lib/libtcmalloc.so.4"}, "linux", LIB, False, "already in LD_PRELOAD"),
+    ({"LD_PRELOAD": "/usr/lib/libtcmalloc.so.4"}, "linux", LIB, False, "LD_PRELOAD is set"),
+    ({"LD_PRELOAD": "libjemalloc.so.2"}, "linux", LIB, False, "left as it is"),  # the user's allocator stays
     ({}, "linux", LIB, True, "torch is already imported"),
 ])
 def test_plan_keeps_the_allocator(environ, platform, library, torch_imported, reason):
@@ -73,8 +75,33 @@ def test_command_restarts_once_with_tcmalloc_and_children_do_not_inherit_it(tmp_
     pid = starts[0].split()[1]
     assert starts == [f"START {pid}"] * 2  # the same process (exec), started twice, not more
     assert f"READY {pid} True None None" in r.stdout  # LD_PRELOAD put back: a child starts without it
-    r = _entry(tmp_path, LD_PRELOAD="libm.so.6")  # the user's preload is kept, after ours, and passed on as it was
-    assert "True libm.so.6 libm.so.6" in r.stdout, r.stdout + r.stderr
+    r = _entry(tmp_path, LD_PRELOAD="libm.so.6")  # the user's preload: no restart, kept and passed on as it was
+    assert r.stdout.count("START") == 1 and "False libm.so.6 libm.so.6" in r.stdout, r.stdout + r.stderr
+
+
+@pytest.mark.skipif(sys.platform != "linux" or find_tcmalloc() is None, reason="needs Linux with TCMalloc")
+def test_ctrl_c_during_the_restart_is_the_entry_points_one_line(tmp_path):
+    """SIGINT/SIGTERM are blocked across execve: a Ctrl-C sent while the process restarts reaches train.py's
+    handler (one line, exit 130), never a traceback. The signal is sent right before the exec by a patched
+    os.execve, the worst moment."""
+    script = tmp_path / "run_train.py"
+    script.write_text(
+        "import os, runpy, signal, sys\n"
+        "real = os.execve\n"
+        "def execve(*a):\n"
+        "    masked = signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, [])\n"
+        "    sys.stderr.write(f'MASKED {masked}\\n'); sys.stderr.flush()\n"
+        "    os.kill(os.getpid(), signal.SIGINT)  # blocked now: delivered after the restart\n"
+        "    real(*a)\n"
+        "os.execve = execve\n"
+        f"sys.argv = [{str(REPO / 'train.py')!r}, '--help']\n"
+        f"runpy.run_path({str(REPO / 'train.py')!r}, run_name='__main__')\n")
+    env = {k: v for k, v in os.environ.items() if k not in (ALLOCATOR, PRELOADED, "LD_PRELOAD")}
+    r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=dict(env, PYTHONPATH=str(REPO)),
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 130, (r.returncode, r.stderr[-2000:])
+    assert "MASKED True" in r.stderr  # the signal waits across the exec instead of racing the new interpreter
+    assert "Traceback" not in r.stderr and "train.py: interrupted" in r.stderr
 
 
 def test_system_allocator_when_asked_and_a_bad_setting_is_one_error_line(tmp_path):
@@ -86,8 +113,16 @@ def test_system_allocator_when_asked_and_a_bad_setting_is_one_error_line(tmp_pat
         "entry.py: error: environment variable VIRTUAL_IHC_ALLOCATOR='bogus': expected auto, tcmalloc or system"]
 
 
-def test_in_process_calls_never_restart():
-    """main(argv) called from Python (tests, notebooks) keeps its process: cli=False plans nothing."""
+def test_in_process_calls_never_restart(tmp_path):
+    """main() called from Python (tests, notebooks, scripts) keeps its process: cli=False plans nothing, and the
+    entry points pass cli only when run as __main__: a script calling train.main() runs once."""
     from util.allocator import reexec_with_tcmalloc
 
     assert reexec_with_tcmalloc(cli=False).preload is None
+    script = tmp_path / "caller.py"
+    script.write_text("import sys\nprint('CALLER', flush=True)\nimport train\nsys.argv = ['train.py', '--help']\n"
+                      "try:\n    train.main()\nexcept SystemExit:\n    pass\n")
+    env = {k: v for k, v in os.environ.items() if k not in (ALLOCATOR, PRELOADED, "LD_PRELOAD")}
+    r = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=dict(env, PYTHONPATH=str(REPO)),
+                       capture_output=True, text=True, timeout=120)
+    assert r.stdout.count("CALLER") == 1, r.stdout + r.stderr

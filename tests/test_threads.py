@@ -139,13 +139,28 @@ def test_core_share_gives_way_to_other_jobs_and_takes_the_cores_back(caplog):
     with caplog.at_level(logging.INFO, logger="util.threads"):
         m.run(2.0, own=1.0, other=1.0)  # a second training started
         assert share.tick() == 1 and calls == [1] and share.threads == 1
-    assert "other processes keep 1.0 of 2 core(s) busy: 1 intra-op thread(s) (was 2)" in caplog.text
+    assert "other processes keep 1.00 of 2 core(s) busy: 1 intra-op thread(s) (was 2)" in caplog.text
     m.run(2.0, own=1.0, other=1.0)
     assert share.tick() is None and calls == [1]  # still shared: stays at 1
     m.run(2.0, own=1.0, other=0.2)  # the other job ended (a little background load)
     assert share.tick() == 2 and calls == [1, 2]
     m.run(2.0, own=2.0, other=7.0)  # never below one thread
     assert share.tick() == 1
+
+
+def test_core_share_does_not_flip_on_a_load_near_the_rounding_point():
+    m, calls = _FakeMachine(), []
+    share = CoreShare(2, 2, interval=1.0, sampler=m.sample, set_threads=calls.append, clock=lambda: m.t)
+    for other in (0.45, 0.55, 0.45, 0.6, 0.5):  # within 0.2 cores of the x.5 rounding point: no change
+        m.run(1.0, own=1.5, other=other)
+        assert share.tick() is None
+    m.run(1.0, own=1.0, other=0.75)  # clearly past it
+    assert share.tick() == 1
+    for other in (0.55, 0.45, 0.35):  # back near the point, and a little below: stays at 1
+        m.run(1.0, own=1.0, other=other)
+        assert share.tick() is None
+    m.run(1.0, own=1.0, other=0.25)
+    assert share.tick() == 2 and calls == [1, 2]
 
 
 def test_core_share_never_exceeds_the_starting_count():

@@ -17,9 +17,13 @@ happens (glibc stays, and :func:`util.fast_paths.tune_cpu_allocator` tunes it) w
 
 * the system has no TCMalloc (Debian/Ubuntu: ``apt install libtcmalloc-minimal4``; Fedora: ``gperftools-libs``);
 * ``VIRTUAL_IHC_ALLOCATOR=system`` is set (or anything other than ``auto``/``tcmalloc``);
-* the platform is not Linux, or the process is not the command-line entry point (``main(argv)`` called from Python,
-  e.g. in tests), or torch is already imported;
-* the library is already preloaded (also by the user).
+* the platform is not Linux, or the process is not the command-line entry point (``main()`` called from Python,
+  e.g. in tests or notebooks: the entry points pass ``cli`` only when run as ``__main__`` without ``argv``), the
+  program was read from stdin or ``-c``, or torch is already imported;
+* ``LD_PRELOAD`` is set (the user's choice is kept, e.g. jemalloc; add TCMalloc to it yourself if you want both).
+
+``SIGINT``/``SIGTERM`` are blocked across the ``execve`` and unblocked in the restarted process once the entry point
+has installed its handlers, so a Ctrl-C during the restart ends in the entry point's one-line message.
 
 ``VIRTUAL_IHC_ALLOCATOR=tcmalloc`` makes a missing library an error instead of a silent glibc fallback (logged at
 DEBUG level otherwise). This module does not import torch.
@@ -29,6 +33,7 @@ from __future__ import annotations
 import ctypes.util
 import logging
 import os
+import signal
 import sys
 from typing import Mapping, MutableMapping, NamedTuple, Optional, Sequence
 
@@ -67,7 +72,7 @@ def plan_allocator(environ: Mapping[str, str], platform: str, library: Optional[
     Raises:
         OptionError: ``VIRTUAL_IHC_ALLOCATOR`` is ``tcmalloc`` but there is no library, or the value is unknown.
     """
-    choice = environ.get(ALLOCATOR, "auto")
+    choice = (environ.get(ALLOCATOR) or "auto").strip().lower()
     if choice not in ("auto", "tcmalloc", "system"):
         raise OptionError(f"environment variable {ALLOCATOR}={choice!r}: expected auto, tcmalloc or system")
     if choice == "system":
@@ -81,8 +86,8 @@ def plan_allocator(environ: Mapping[str, str], platform: str, library: Optional[
             raise OptionError(f"{ALLOCATOR}=tcmalloc but no TCMalloc library was found (Debian/Ubuntu: apt install "
                               "libtcmalloc-minimal4; Fedora: dnf install gperftools-libs)")
         return AllocatorPlan(None, "no TCMalloc library on this system")
-    if any("tcmalloc" in p for p in environ.get("LD_PRELOAD", "").replace(" ", ":").split(":")):
-        return AllocatorPlan(None, "TCMalloc is already in LD_PRELOAD")
+    if environ.get("LD_PRELOAD", "").strip():  # the user's choice (it may be another allocator, e.g. jemalloc)
+        return AllocatorPlan(None, f"LD_PRELOAD is set ({environ['LD_PRELOAD']}): left as it is")
     if torch_imported:
         return AllocatorPlan(None, "torch is already imported")
     return AllocatorPlan(library, f"restarting with {library} preloaded")
@@ -112,6 +117,7 @@ def reexec_with_tcmalloc(cli: bool, argv: Optional[Sequence[str]] = None) -> All
     """
     env = os.environ
     if PRELOADED in env:  # the restarted process: the marker and our LD_PRELOAD are not passed on to children
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})  # blocked over the restart
         library = env.pop(PRELOADED)
         _restore_preload(env)
         _RESTARTED.append(library)
@@ -136,9 +142,18 @@ def reexec_with_tcmalloc(cli: bool, argv: Optional[Sequence[str]] = None) -> All
     new_env[SAVED_PRELOAD] = env.get("LD_PRELOAD", "")
     new_env["LD_PRELOAD"] = ":".join(p for p in (plan.preload, env.get("LD_PRELOAD", "")) if p)
     new_env[PRELOADED] = plan.preload
+    if command[1:2] in (["-"], ["-c"], [""]) or sys.argv[0] in ("-", "-c", ""):  # stdin or -c: cannot run it again
+        return AllocatorPlan(None, "the program was read from stdin or -c")
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, *command[1:]], new_env)
+    # a Ctrl-C during the restart waits (blocked signals survive execve) until the restarted entry point has its
+    # handlers (exit_on_early_interrupt at import), then reaches them: one line, not a traceback
+    blocked = {signal.SIGINT, signal.SIGTERM}
+    signal.pthread_sigmask(signal.SIG_BLOCK, blocked)
+    try:
+        os.execve(sys.executable, [sys.executable, *command[1:]], new_env)
+    finally:  # only reached when execve failed
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, blocked)
     return plan  # not reached
 
 

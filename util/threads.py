@@ -123,7 +123,7 @@ def configure_threads(environ: Optional[MutableMapping[str, str]] = None, cli: b
     imported in this process or ``VIRTUAL_IHC_THREAD_DEFAULTS=0`` is set (the libraries' own defaults, e.g. for a
     release-style benchmark), in which case nothing changes (``applied`` False). Logs the decision at DEBUG level.
     Call it at the very start of an entry point's ``main()``, before anything imports torch, with ``cli=argv is
-    None``: a command-line process is first restarted with TCMalloc preloaded where the system has it
+    None and __name__ == "__main__"``: a command-line process is first restarted with TCMalloc preloaded where the system has it
     (:func:`util.allocator.reexec_with_tcmalloc`; a bad ``VIRTUAL_IHC_ALLOCATOR`` ends the process with one
     ``<prog>: error:`` line and exit status 2)."""
     if environ is None:
@@ -153,6 +153,7 @@ def configure_threads(environ: Optional[MutableMapping[str, str]] = None, cli: b
 
 # ------------------------------------------------------------------------------------------ sharing the cores
 REBALANCE_INTERVAL_S = 2.0  # seconds between two measurements of the other processes' load
+HYSTERESIS_CORES = 0.2  # the free cores must be this far past the rounding point before the count changes
 
 
 def fair_threads(other_cores: float, cores: int, max_threads: int) -> int:
@@ -210,7 +211,8 @@ class CoreShare:
 
     :meth:`tick` is cheap (one clock read) between measurements; every ``interval`` seconds it takes a
     :class:`CpuSample`, computes the other processes' average load over the interval and, when
-    :func:`fair_threads` gives another count, sets it and logs the change.
+    :func:`fair_threads` gives another count and the free cores are more than ``HYSTERESIS_CORES`` (0.2) past the
+    rounding point, sets it and logs the change.
 
     Args:
         max_threads: the thread count to return to when the machine is free (PyTorch's initial choice).
@@ -238,9 +240,11 @@ class CoreShare:
         other = max(0.0, (now.busy - self._last.busy) - (now.own - self._last.own)) / dt if dt > 0 else 0.0
         self._last, self._next = now, self._clock() + self.interval
         target = fair_threads(other, self.cores, self.max_threads)
-        if target == self.threads:
+        # hysteresis: change only when the free cores are clearly past the rounding point (a load hovering at
+        # x.5 cores would otherwise flip the count every interval)
+        if target == self.threads or abs((self.cores - other) - self.threads) < 0.5 + HYSTERESIS_CORES:
             return None
-        log.info("other processes keep %.1f of %d core(s) busy: %d intra-op thread(s) (was %d)", other, self.cores,
+        log.info("other processes keep %.2f of %d core(s) busy: %d intra-op thread(s) (was %d)", other, self.cores,
                  target, self.threads)
         if self._set is None:
             import torch
