@@ -186,6 +186,41 @@ def test_second_training_in_the_same_folder_is_refused(sample_bci, tmp_path):
     assert r.returncode == 2 and "another training run is writing to" in r.stderr
 
 
+def test_lock_is_free_once_the_training_is_killed_even_while_its_forked_workers_live(tmp_path):
+    """kill -9 of a training whose DataLoader workers (forked children) outlive it for a few seconds: the lock
+    belongs to the killed process only, so --continue_train can start at once; a second lock of the same folder in
+    one process is refused too."""
+    import signal
+    import subprocess
+    import sys
+
+    from util.errors import UserError
+    from util.run_lock import ExperimentLock
+
+    code = ("import os, signal, sys, time\nfrom util.run_lock import ExperimentLock\n"
+            "lock = ExperimentLock(sys.argv[1])\n"
+            "pid = os.fork()\n"
+            # a worker that outlives the trainer (its output closed: the caller does not wait for it)
+            "if pid == 0:\n    os.close(1)\n    os.close(2)\n    time.sleep(30)\n    os._exit(0)\n"
+            "print('LOCKED', pid, flush=True)\nos.kill(os.getpid(), signal.SIGKILL)\n")
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "run")], capture_output=True, text=True,
+                       timeout=60, env=dict(os.environ, PYTHONPATH=str(repo)))
+    assert "LOCKED" in r.stdout and r.returncode == -signal.SIGKILL, r.stderr
+    worker = int(r.stdout.split()[1])
+    lock = ExperimentLock(tmp_path / "run")  # the orphaned child still runs, holding the inherited descriptor
+    try:
+        with pytest.raises(UserError, match="another training run is writing to"):
+            ExperimentLock(tmp_path / "run")
+    finally:
+        lock.release()
+    ExperimentLock(tmp_path / "run").release()  # released: free again
+    try:
+        os.kill(worker, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 # ---- sets: consistency, legacy files, other models ---------------------------------------------------------------
 def _trained(sample_bci, tmp_path, name="run", extra=()):
     assert train.main(_args(sample_bci, tmp_path, name, extra=["--n_epochs_decay", "0", *extra])) == 0
